@@ -1,0 +1,3 @@
+//! The `bounce` command line tool.
+
+fn main() {}

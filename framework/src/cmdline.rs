@@ -1,0 +1,463 @@
+//! The boot command line.
+//!
+//! Recognised tokens (everything else on a kernel command line is ignored):
+//!
+//! | token | meaning |
+//! |---|---|
+//! | `swiotlb=<slots>[,<areas>][,force\|noforce]` | Linux's parameter, parsed as `setup_io_tlb_npages()` does: numbers in C notation (`0x` hex, leading `0` octal), slots rounded up to a multiple of 128 (`IO_TLB_SEGSIZE`), areas rounded up to a power of two. Given twice, the later one wins, as in Linux. |
+//! | `swiotlb.strategy=<name>` | the strategy to boot (`legacy`, `dynamic`, `magazine`, or any name the caller registers) |
+//! | `swiotlb.scrub=on\|off` | clear bounce buffers before they return to a free list |
+//! | `swiotlb.<strategy>.<param>=<value>` | a strategy's own parameter; the strategy validates it with [`StrategyParams`] |
+//!
+//! Where Linux silently ignores junk (`swiotlb=12abc`, `swiotlb=64,2,forse`), this parser
+//! returns a [`CmdlineError`] naming the token: a mistyped boot parameter should not
+//! quietly change nothing.
+
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
+use crate::addr::IO_TLB_SEGSIZE;
+use crate::error::CmdlineError;
+
+/// `force` / `noforce` of `swiotlb=`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForceMode {
+    /// `force`: bounce every mapping (`swiotlb_force_bounce`).
+    Force,
+    /// `noforce`: disable swiotlb (`swiotlb_force_disable`).
+    NoForce,
+}
+
+/// The parsed `swiotlb=` parameter.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SwiotlbParam {
+    /// Slots, rounded up to a multiple of 128 (`default_nslabs`).
+    pub nslabs: Option<usize>,
+    /// Areas, rounded up to a power of two (`default_nareas`).
+    pub nareas: Option<usize>,
+    /// `force` or `noforce`.
+    pub force: Option<ForceMode>,
+}
+
+/// One `swiotlb.<strategy>.<param>=<value>` token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Param {
+    /// The strategy named.
+    pub strategy: String,
+    /// The parameter name.
+    pub key: String,
+    /// The raw value.
+    pub value: String,
+    /// The whole token, for error messages.
+    pub token: String,
+}
+
+/// Everything bounce takes from the boot command line.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BootConfig {
+    /// `swiotlb=`.
+    pub swiotlb: SwiotlbParam,
+    /// `swiotlb.strategy=`; `None` runs the platform default (Linux's own swiotlb in the
+    /// kernel).
+    pub strategy: Option<String>,
+    /// `swiotlb.scrub=`.
+    pub scrub: bool,
+    /// Strategy parameters in command-line order.
+    pub params: Vec<Param>,
+}
+
+/// Parses an unsigned number as the kernel's `simple_strtoul(s, &end, 0)` does, but
+/// requiring the whole string to be the number: `0x`/`0X` hex, leading `0` octal,
+/// decimal otherwise. `None` for anything else or on overflow.
+pub fn parse_ulong(s: &str) -> Option<u64> {
+    let (digits, radix) = if let Some(h) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        (h, 16)
+    } else if s.len() > 1 && s.starts_with('0') {
+        (&s[1..], 8)
+    } else {
+        (s, 10)
+    };
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return None;
+    }
+    u64::from_str_radix(digits, radix).ok()
+}
+
+/// Parses a size as the kernel's `memparse()`: a number (C notation) with an optional
+/// `K`, `M`, `G`, `T` suffix (either case). `None` when malformed or on overflow.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let (num, shift) = match s.as_bytes().last()? {
+        b'k' | b'K' => (&s[..s.len() - 1], 10),
+        b'm' | b'M' => (&s[..s.len() - 1], 20),
+        b'g' | b'G' => (&s[..s.len() - 1], 30),
+        b't' | b'T' => (&s[..s.len() - 1], 40),
+        _ => (s, 0),
+    };
+    let v = parse_ulong(num)?;
+    v.checked_mul(1u64 << shift)
+}
+
+/// Parses a boolean as the kernel's `kstrtobool()`: `1 y Y on`, `0 n N off`.
+pub fn parse_bool(s: &str) -> Option<bool> {
+    match s {
+        "1" | "y" | "Y" | "yes" | "on" | "On" | "ON" => Some(true),
+        "0" | "n" | "N" | "no" | "off" | "Off" | "OFF" => Some(false),
+        _ => None,
+    }
+}
+
+/// The longest run of leading ASCII digits and hex letters after an optional `0x`: what
+/// `simple_strtoul` would consume.
+fn number_prefix(s: &str) -> usize {
+    let bytes = s.as_bytes();
+    if bytes.len() >= 2 && bytes[0] == b'0' && (bytes[1] == b'x' || bytes[1] == b'X') {
+        2 + bytes[2..].iter().take_while(|b| b.is_ascii_hexdigit()).count()
+    } else {
+        bytes.iter().take_while(|b| b.is_ascii_digit()).count()
+    }
+}
+
+fn bad_number(token: &str, value: &str) -> CmdlineError {
+    CmdlineError::BadNumber { token: token.to_string(), value: value.to_string() }
+}
+
+fn out_of_range(token: &str, reason: impl Into<String>) -> CmdlineError {
+    CmdlineError::OutOfRange { token: token.to_string(), reason: reason.into() }
+}
+
+/// Parses the value of `swiotlb=` (the part after `=`), following
+/// `setup_io_tlb_npages()`.
+///
+/// # Errors
+/// [`CmdlineError`] for malformed numbers, zero or oversize values and unknown trailing
+/// text.
+pub fn parse_swiotlb_value(token: &str, value: &str) -> Result<SwiotlbParam, CmdlineError> {
+    let mut p = SwiotlbParam::default();
+    let mut rest = value;
+    // if (isdigit(*str)) default_nslabs = ALIGN(simple_strtoul(str, &str, 0), IO_TLB_SEGSIZE);
+    if rest.starts_with(|c: char| c.is_ascii_digit()) {
+        let n = number_prefix(rest);
+        let num = &rest[..n];
+        let v = parse_ulong(num).ok_or_else(|| bad_number(token, num))?;
+        if v == 0 {
+            return Err(out_of_range(token, "the slot count must be at least 1"));
+        }
+        let aligned = v.div_ceil(IO_TLB_SEGSIZE as u64).checked_mul(IO_TLB_SEGSIZE as u64);
+        let slots = aligned
+            .filter(|&s| s <= (1u64 << 40))
+            .ok_or_else(|| out_of_range(token, "the slot count is larger than any pool (at most 2^40 slots)"))?;
+        p.nslabs = Some(slots as usize);
+        rest = &rest[n..];
+    }
+    if let Some(r) = rest.strip_prefix(',') {
+        rest = r;
+    }
+    // if (isdigit(*str)) swiotlb_adjust_nareas(simple_strtoul(str, &str, 0));
+    if rest.starts_with(|c: char| c.is_ascii_digit()) {
+        let n = number_prefix(rest);
+        let num = &rest[..n];
+        let v = parse_ulong(num).ok_or_else(|| bad_number(token, num))?;
+        if v == 0 {
+            // Linux ignores 0 (swiotlb_adjust_nareas returns false); say so instead.
+            return Err(out_of_range(token, "the area count must be at least 1"));
+        }
+        if v > 1 << 20 {
+            return Err(out_of_range(token, "the area count is too large (at most 1048576)"));
+        }
+        p.nareas = Some((v as usize).next_power_of_two());
+        rest = &rest[n..];
+    }
+    if let Some(r) = rest.strip_prefix(',') {
+        rest = r;
+    }
+    match rest {
+        "" => {}
+        "force" => p.force = Some(ForceMode::Force),
+        "noforce" => p.force = Some(ForceMode::NoForce),
+        other => {
+            return Err(CmdlineError::Unexpected {
+                token: token.to_string(),
+                rest: other.to_string(),
+                expected: "`force`, `noforce` or nothing after the numbers",
+            })
+        }
+    }
+    Ok(p)
+}
+
+impl BootConfig {
+    /// Parses a whole kernel command line. `known_strategies` lists the names
+    /// `swiotlb.strategy=` and `swiotlb.<strategy>.*` may use.
+    ///
+    /// # Errors
+    /// The first [`CmdlineError`], naming the offending token.
+    pub fn parse(cmdline: &str, known_strategies: &[&str]) -> Result<Self, CmdlineError> {
+        let mut cfg = Self::default();
+        let mut seen_scrub = false;
+        let known = || known_strategies.join(", ");
+        for token in cmdline.split_ascii_whitespace() {
+            let (key, value) = match token.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (token, None),
+            };
+            if key == "swiotlb" {
+                let v = value.unwrap_or("");
+                cfg.swiotlb = parse_swiotlb_value(token, v)?;
+                continue;
+            }
+            let Some(sub) = key.strip_prefix("swiotlb.") else { continue };
+            let Some(value) = value else {
+                return Err(CmdlineError::Unexpected {
+                    token: token.to_string(),
+                    rest: String::new(),
+                    expected: "`=<value>`",
+                });
+            };
+            match sub {
+                "strategy" => {
+                    if cfg.strategy.is_some() {
+                        return Err(CmdlineError::Duplicate { token: token.to_string(), key: key.to_string() });
+                    }
+                    if !known_strategies.contains(&value) {
+                        return Err(CmdlineError::UnknownStrategy {
+                            token: token.to_string(),
+                            name: value.to_string(),
+                            known: known(),
+                        });
+                    }
+                    cfg.strategy = Some(value.to_string());
+                }
+                "scrub" => {
+                    if seen_scrub {
+                        return Err(CmdlineError::Duplicate { token: token.to_string(), key: key.to_string() });
+                    }
+                    seen_scrub = true;
+                    cfg.scrub = parse_bool(value).ok_or_else(|| CmdlineError::Unexpected {
+                        token: token.to_string(),
+                        rest: value.to_string(),
+                        expected: "`on` or `off`",
+                    })?;
+                }
+                _ => {
+                    let Some((strategy, param)) = sub.split_once('.') else {
+                        return Err(CmdlineError::Unexpected {
+                            token: token.to_string(),
+                            rest: sub.to_string(),
+                            expected: "`strategy`, `scrub` or `<strategy>.<param>` after `swiotlb.`",
+                        });
+                    };
+                    if !known_strategies.contains(&strategy) {
+                        return Err(CmdlineError::UnknownStrategy {
+                            token: token.to_string(),
+                            name: strategy.to_string(),
+                            known: known(),
+                        });
+                    }
+                    if param.is_empty() {
+                        return Err(CmdlineError::Unexpected {
+                            token: token.to_string(),
+                            rest: String::new(),
+                            expected: "a parameter name after the strategy",
+                        });
+                    }
+                    if cfg.params.iter().any(|p| p.strategy == strategy && p.key == param) {
+                        return Err(CmdlineError::Duplicate { token: token.to_string(), key: key.to_string() });
+                    }
+                    cfg.params.push(Param {
+                        strategy: strategy.to_string(),
+                        key: param.to_string(),
+                        value: value.to_string(),
+                        token: token.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// The parameters addressed to `strategy`.
+    pub fn params_for(&self, strategy: &str) -> StrategyParams<'_> {
+        StrategyParams { strategy: strategy.to_string(), params: self.params.iter().filter(|p| p.strategy == strategy).collect() }
+    }
+}
+
+/// The `swiotlb.<strategy>.*` parameters of one strategy, with typed readers.
+#[derive(Clone, Debug, Default)]
+pub struct StrategyParams<'a> {
+    strategy: String,
+    params: Vec<&'a Param>,
+}
+
+impl<'a> StrategyParams<'a> {
+    /// Checks every given parameter is one of `known`.
+    ///
+    /// # Errors
+    /// [`CmdlineError::UnknownParam`] for the first unknown one.
+    pub fn check_known(&self, known: &[&str]) -> Result<(), CmdlineError> {
+        for p in &self.params {
+            if !known.contains(&p.key.as_str()) {
+                return Err(CmdlineError::UnknownParam {
+                    token: p.token.clone(),
+                    strategy: self.strategy.clone(),
+                    param: p.key.clone(),
+                    known: known.join(", "),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The raw parameter, if given.
+    pub fn get(&self, key: &str) -> Option<&'a Param> {
+        self.params.iter().copied().find(|p| p.key == key)
+    }
+
+    /// A number (C notation), checked against `min..=max`.
+    ///
+    /// # Errors
+    /// [`CmdlineError::BadNumber`] or [`CmdlineError::OutOfRange`].
+    pub fn number(&self, key: &str, min: u64, max: u64) -> Result<Option<u64>, CmdlineError> {
+        let Some(p) = self.get(key) else { return Ok(None) };
+        let v = parse_ulong(&p.value).ok_or_else(|| bad_number(&p.token, &p.value))?;
+        check_range(p, v, min, max)
+    }
+
+    /// A size with an optional K/M/G/T suffix, checked against `min..=max` bytes.
+    ///
+    /// # Errors
+    /// [`CmdlineError::BadNumber`] or [`CmdlineError::OutOfRange`].
+    pub fn size(&self, key: &str, min: u64, max: u64) -> Result<Option<u64>, CmdlineError> {
+        let Some(p) = self.get(key) else { return Ok(None) };
+        let v = parse_size(&p.value).ok_or_else(|| bad_number(&p.token, &p.value))?;
+        check_range(p, v, min, max)
+    }
+
+    /// A boolean (`on`/`off`, `1`/`0`, `y`/`n`).
+    ///
+    /// # Errors
+    /// [`CmdlineError::Unexpected`] for anything else.
+    pub fn boolean(&self, key: &str) -> Result<Option<bool>, CmdlineError> {
+        let Some(p) = self.get(key) else { return Ok(None) };
+        parse_bool(&p.value).map(Some).ok_or_else(|| CmdlineError::Unexpected {
+            token: p.token.clone(),
+            rest: p.value.clone(),
+            expected: "`on` or `off`",
+        })
+    }
+}
+
+fn check_range(p: &Param, v: u64, min: u64, max: u64) -> Result<Option<u64>, CmdlineError> {
+    if v < min || v > max {
+        return Err(out_of_range(&p.token, alloc::format!("{} must be between {min} and {max}", p.key)));
+    }
+    Ok(Some(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KNOWN: &[&str] = &["legacy", "dynamic", "magazine"];
+
+    fn sw(v: &str) -> Result<SwiotlbParam, CmdlineError> {
+        parse_swiotlb_value("swiotlb=", v)
+    }
+
+    #[test]
+    fn swiotlb_param_follows_setup_io_tlb_npages() {
+        assert_eq!(sw("32768").unwrap(), SwiotlbParam { nslabs: Some(32768), nareas: None, force: None });
+        // ALIGN(n, IO_TLB_SEGSIZE)
+        assert_eq!(sw("1000").unwrap().nslabs, Some(1024));
+        assert_eq!(sw("1").unwrap().nslabs, Some(128));
+        // C notation
+        assert_eq!(sw("0x8000").unwrap().nslabs, Some(32768));
+        assert_eq!(sw("0100").unwrap().nslabs, Some(128)); // octal 64 -> 128
+        // areas round up to a power of two
+        assert_eq!(sw("65536,3").unwrap().nareas, Some(4));
+        assert_eq!(sw("65536,8,force").unwrap(), SwiotlbParam { nslabs: Some(65536), nareas: Some(8), force: Some(ForceMode::Force) });
+        assert_eq!(sw("force").unwrap().force, Some(ForceMode::Force));
+        assert_eq!(sw("noforce").unwrap().force, Some(ForceMode::NoForce));
+        assert_eq!(sw("1024,force").unwrap(), SwiotlbParam { nslabs: Some(1024), nareas: None, force: Some(ForceMode::Force) });
+        assert_eq!(sw(",4").unwrap().nareas, Some(4));
+        assert_eq!(sw("").unwrap(), SwiotlbParam::default());
+    }
+
+    #[test]
+    fn swiotlb_param_errors_name_the_token() {
+        let e = sw("12abc").unwrap_err();
+        assert!(matches!(e, CmdlineError::Unexpected { ref rest, .. } if rest == "abc"), "{e}");
+        assert!(e.to_string().contains("swiotlb="));
+        assert!(matches!(sw("64,2,forse"), Err(CmdlineError::Unexpected { .. })));
+        assert!(matches!(sw("0"), Err(CmdlineError::OutOfRange { .. })));
+        assert!(matches!(sw("64,0"), Err(CmdlineError::OutOfRange { .. })));
+        assert!(matches!(sw("0x"), Err(CmdlineError::BadNumber { .. })));
+        assert!(matches!(sw("09"), Err(CmdlineError::BadNumber { .. })));
+        assert!(matches!(sw("99999999999999999999999"), Err(CmdlineError::BadNumber { .. })));
+        assert!(matches!(sw("1099511627777"), Err(CmdlineError::OutOfRange { .. })));
+    }
+
+    #[test]
+    fn full_cmdline() {
+        let c = BootConfig::parse(
+            "console=ttyS0 swiotlb=65536,4,force root=/dev/vda swiotlb.strategy=dynamic swiotlb.dynamic.classes=512:256,2048:64 swiotlb.scrub=on quiet",
+            KNOWN,
+        )
+        .unwrap();
+        assert_eq!(c.swiotlb.nslabs, Some(65536));
+        assert_eq!(c.swiotlb.nareas, Some(4));
+        assert_eq!(c.strategy.as_deref(), Some("dynamic"));
+        assert!(c.scrub);
+        let p = c.params_for("dynamic");
+        assert_eq!(p.get("classes").unwrap().value, "512:256,2048:64");
+        assert!(c.params_for("magazine").get("classes").is_none());
+        // later swiotlb= wins, as in Linux
+        let c = BootConfig::parse("swiotlb=1024 swiotlb=2048", KNOWN).unwrap();
+        assert_eq!(c.swiotlb.nslabs, Some(2048));
+        assert_eq!(BootConfig::parse("", KNOWN).unwrap(), BootConfig::default());
+    }
+
+    #[test]
+    fn cmdline_errors() {
+        let e = BootConfig::parse("swiotlb.strategy=fancy", KNOWN).unwrap_err();
+        assert_eq!(e.to_string(), "`swiotlb.strategy=fancy`: unknown strategy `fancy` (known: legacy, dynamic, magazine)");
+        assert!(matches!(BootConfig::parse("swiotlb.strategy=legacy swiotlb.strategy=dynamic", KNOWN), Err(CmdlineError::Duplicate { .. })));
+        assert!(matches!(BootConfig::parse("swiotlb.fancy.x=1", KNOWN), Err(CmdlineError::UnknownStrategy { .. })));
+        assert!(matches!(BootConfig::parse("swiotlb.scrub=maybe", KNOWN), Err(CmdlineError::Unexpected { .. })));
+        assert!(matches!(BootConfig::parse("swiotlb.bogus=1", KNOWN), Err(CmdlineError::Unexpected { .. })));
+        assert!(matches!(BootConfig::parse("swiotlb.strategy", KNOWN), Err(CmdlineError::Unexpected { .. })));
+        assert!(matches!(BootConfig::parse("swiotlb.dynamic.=1", KNOWN), Err(CmdlineError::Unexpected { .. })));
+        assert!(matches!(
+            BootConfig::parse("swiotlb.dynamic.cap=1 swiotlb.dynamic.cap=2", KNOWN),
+            Err(CmdlineError::Duplicate { .. })
+        ));
+    }
+
+    #[test]
+    fn strategy_params() {
+        let c = BootConfig::parse("swiotlb.magazine.size=0x10 swiotlb.magazine.cap=64M swiotlb.magazine.trim=off", KNOWN).unwrap();
+        let p = c.params_for("magazine");
+        assert_eq!(p.number("size", 1, 1024).unwrap(), Some(16));
+        assert_eq!(p.size("cap", 0, u64::MAX).unwrap(), Some(64 << 20));
+        assert_eq!(p.boolean("trim").unwrap(), Some(false));
+        assert_eq!(p.number("absent", 0, 1).unwrap(), None);
+        assert!(matches!(p.number("size", 32, 64), Err(CmdlineError::OutOfRange { .. })));
+        assert!(matches!(p.number("cap", 0, 10), Err(CmdlineError::BadNumber { .. })));
+        assert!(p.check_known(&["size", "cap", "trim"]).is_ok());
+        let e = p.check_known(&["size", "cap"]).unwrap_err();
+        assert!(e.to_string().contains("swiotlb.magazine.trim=off"), "{e}");
+    }
+
+    #[test]
+    fn number_forms() {
+        assert_eq!(parse_ulong("0"), Some(0));
+        assert_eq!(parse_ulong("010"), Some(8));
+        assert_eq!(parse_ulong("0x1F"), Some(31));
+        assert_eq!(parse_ulong("-1"), None);
+        assert_eq!(parse_ulong(""), None);
+        assert_eq!(parse_size("4k"), Some(4096));
+        assert_eq!(parse_size("1G"), Some(1 << 30));
+        assert_eq!(parse_size("0x10M"), Some(16 << 20));
+        assert_eq!(parse_size("M"), None);
+        assert_eq!(parse_size("99999999999T"), None);
+    }
+}

@@ -1,0 +1,50 @@
+//! # bounce-framework
+//!
+//! The host every bounce strategy plugs into: DMA-API semantics (map, unmap, sync,
+//! scatter-gather, device limits, the copy rules of Linux's swiotlb), the platform hooks
+//! strategies are built against (page allocation, TDX/SNP private↔shared conversion,
+//! CPU ids, IRQ-safe locks), statistics equal to Linux's debugfs set and more, and the
+//! boot command line.
+//!
+//! `no_std` + `alloc`. The `sim` feature adds a simulated confidential guest
+//! ([`sim`]), the `conformance` feature the conformance suite every strategy runs.
+//!
+//! Layering: [`Bouncer`] (DMA API, copies, statistics) → [`Strategy`] (which buffer,
+//! found again how) → [`Platform`] (memory, conversion, locks). Strategies get shared
+//! memory only through [`SharedMemory`], which batches conversions, enforces the cap
+//! and quarantines pages whose conversion failed.
+#![cfg_attr(not(any(feature = "std", test)), no_std)]
+#![warn(missing_docs)]
+
+extern crate alloc;
+// The Strategy trait text uses absolute `::bounce_framework::` paths so it can be
+// expanded in other crates; this makes those paths resolve here too.
+extern crate self as bounce_framework;
+
+pub mod addr;
+pub mod bouncer;
+pub mod cmdline;
+pub mod dma;
+pub mod error;
+pub mod lock;
+pub mod platform;
+pub mod shared;
+pub mod stats;
+pub mod strategy;
+
+#[cfg(feature = "sim")]
+pub mod sim;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+pub use addr::{DmaAddr, PageCount, PhysAddr, SlotCount, IO_TLB_SEGSIZE, IO_TLB_SHIFT, IO_TLB_SIZE, PAGE_SHIFT, PAGE_SIZE};
+pub use bouncer::{Bouncer, BouncerOptions, SgEntry, SgError};
+pub use cmdline::{BootConfig, ForceMode, StrategyParams, SwiotlbParam};
+pub use dma::{Device, DmaAttrs, DmaDirection};
+pub use error::{CmdlineError, FailureReason, GrowError, InitError, LookupError, MapError, PlatformError};
+pub use lock::{IrqControl, IrqMutex, IrqMutexGuard, IrqState, NoIrq, RawIrqLock, SpinIrqLock};
+pub use platform::{AllocContext, BouncedEvent, LogLevel, PageRequest, Platform};
+pub use shared::{ConversionStats, SharedMemory};
+pub use stats::{BounceSnapshot, BounceStats, DebugfsView, PoolStats, RefillStats, UsageCounter};
+pub use strategy::{AuditError, AuditReport, BackgroundReport, Located, ReleaseError, Released, Reservation, Request, Strategy};

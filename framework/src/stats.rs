@@ -1,0 +1,295 @@
+//! Statistics: Linux's debugfs set and what a researcher needs on top.
+//!
+//! Two owners: the [`Bouncer`](crate::Bouncer) counts DMA-API activity in per-CPU
+//! shards ([`BounceStats`]), and each strategy reports its pool ([`PoolStats`]) using a
+//! [`UsageCounter`] for `io_tlb_used` / `io_tlb_used_hiwater` and its
+//! [`SharedMemory`](crate::SharedMemory) for conversions.
+
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use crate::addr::SlotCount;
+use crate::error::FailureReason;
+use crate::shared::ConversionStats;
+
+/// Bytes in use and their high-water mark (`io_tlb_used`, `io_tlb_used_hiwater`).
+#[derive(Debug, Default)]
+pub struct UsageCounter {
+    used: AtomicUsize,
+    hiwater: AtomicUsize,
+}
+
+impl UsageCounter {
+    /// A zeroed counter.
+    pub const fn new() -> Self {
+        Self { used: AtomicUsize::new(0), hiwater: AtomicUsize::new(0) }
+    }
+
+    /// Adds `bytes` to the used count and raises the high-water mark.
+    #[inline]
+    pub fn add(&self, bytes: usize) {
+        let now = self.used.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        if now > self.hiwater.load(Ordering::Relaxed) {
+            self.hiwater.fetch_max(now, Ordering::Relaxed);
+        }
+    }
+
+    /// Removes `bytes` from the used count.
+    #[inline]
+    pub fn sub(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// Bytes in use.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// The high-water mark.
+    pub fn hiwater(&self) -> usize {
+        self.hiwater.load(Ordering::Relaxed)
+    }
+
+    /// Resets the high-water mark to the current use (writing 0 to
+    /// `io_tlb_used_hiwater`).
+    pub fn reset_hiwater(&self) {
+        self.hiwater.store(self.used(), Ordering::Relaxed);
+    }
+}
+
+/// A strategy's report on its pool.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Bytes of shared memory the strategy can hand out (free or in use).
+    pub capacity_bytes: usize,
+    /// Bytes reserved by live mappings, rounding and padding included.
+    pub used_bytes: usize,
+    /// The high-water mark of `used_bytes` since the last reset.
+    pub used_hiwater_bytes: usize,
+    /// Bytes in short-lived pools (Linux's transient pools); 0 where none exist.
+    pub transient_bytes: usize,
+    /// Conversions, quarantine and committed shared memory.
+    pub conversions: ConversionStats,
+    /// Background refill work done (wake-ups, batches).
+    pub refill: RefillStats,
+}
+
+/// Activity of the background refill engine.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RefillStats {
+    /// Times the map path woke the engine.
+    pub wakeups: u64,
+    /// Growth batches published.
+    pub grow_batches: u64,
+    /// Shrink operations done.
+    pub shrink_batches: u64,
+    /// Nanoseconds the engine spent working.
+    pub busy_ns: u64,
+}
+
+/// Linux's debugfs files under `/sys/kernel/debug/swiotlb/`, in slots of 2 KiB, with
+/// the same meaning for every strategy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DebugfsView {
+    /// `io_tlb_nslabs`: pool capacity in slots.
+    pub io_tlb_nslabs: usize,
+    /// `io_tlb_used`: slots in use.
+    pub io_tlb_used: usize,
+    /// `io_tlb_used_hiwater`: most slots in use since the last reset.
+    pub io_tlb_used_hiwater: usize,
+    /// `io_tlb_transient_nslabs`: slots in transient pools.
+    pub io_tlb_transient_nslabs: usize,
+}
+
+impl PoolStats {
+    /// The debugfs view (byte counts rounded to 2 KiB slots; used counts round up).
+    pub fn debugfs(&self) -> DebugfsView {
+        DebugfsView {
+            io_tlb_nslabs: SlotCount::floor_bytes(self.capacity_bytes).0,
+            io_tlb_used: SlotCount::for_bytes(self.used_bytes).0,
+            io_tlb_used_hiwater: SlotCount::for_bytes(self.used_hiwater_bytes).0,
+            io_tlb_transient_nslabs: SlotCount::floor_bytes(self.transient_bytes).0,
+        }
+    }
+}
+
+/// Number of per-CPU statistics shards (CPU ids wrap around).
+pub const STAT_SHARDS: usize = 64;
+
+#[derive(Default)]
+#[repr(align(128))]
+struct Shard {
+    maps: AtomicU64,
+    unmaps: AtomicU64,
+    syncs_for_cpu: AtomicU64,
+    syncs_for_device: AtomicU64,
+    bytes_to_bounce: AtomicU64,
+    bytes_from_bounce: AtomicU64,
+    failures: [AtomicU64; FailureReason::COUNT],
+    overflows_clamped: AtomicU64,
+    timed_ops: AtomicU64,
+    op_ns: AtomicU64,
+    copy_ns: AtomicU64,
+}
+
+/// DMA-API counters kept by the bouncer, sharded per CPU so the map path does not
+/// bounce one cache line between CPUs.
+pub struct BounceStats {
+    shards: [Shard; STAT_SHARDS],
+    inflight_bytes: AtomicUsize,
+    inflight_peak: AtomicUsize,
+}
+
+/// What a shard counter counts.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Counter {
+    Maps,
+    Unmaps,
+    SyncsForCpu,
+    SyncsForDevice,
+    BytesToBounce,
+    BytesFromBounce,
+    OverflowsClamped,
+}
+
+impl Default for BounceStats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl BounceStats {
+    /// Zeroed counters.
+    pub fn new() -> Self {
+        Self {
+            shards: core::array::from_fn(|_| Shard::default()),
+            inflight_bytes: AtomicUsize::new(0),
+            inflight_peak: AtomicUsize::new(0),
+        }
+    }
+
+    #[inline]
+    fn shard(&self, cpu: usize) -> &Shard {
+        &self.shards[cpu % STAT_SHARDS]
+    }
+
+    #[inline]
+    pub(crate) fn add(&self, cpu: usize, c: Counter, n: u64) {
+        let s = self.shard(cpu);
+        let a = match c {
+            Counter::Maps => &s.maps,
+            Counter::Unmaps => &s.unmaps,
+            Counter::SyncsForCpu => &s.syncs_for_cpu,
+            Counter::SyncsForDevice => &s.syncs_for_device,
+            Counter::BytesToBounce => &s.bytes_to_bounce,
+            Counter::BytesFromBounce => &s.bytes_from_bounce,
+            Counter::OverflowsClamped => &s.overflows_clamped,
+        };
+        a.fetch_add(n, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub(crate) fn fail(&self, cpu: usize, reason: FailureReason) {
+        self.shard(cpu).failures[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub(crate) fn timed(&self, cpu: usize, op_ns: u64, copy_ns: u64) {
+        let s = self.shard(cpu);
+        s.timed_ops.fetch_add(1, Ordering::Relaxed);
+        s.op_ns.fetch_add(op_ns, Ordering::Relaxed);
+        s.copy_ns.fetch_add(copy_ns, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub(crate) fn inflight_add(&self, bytes: usize) {
+        let now = self.inflight_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        if now > self.inflight_peak.load(Ordering::Relaxed) {
+            self.inflight_peak.fetch_max(now, Ordering::Relaxed);
+        }
+    }
+
+    #[inline]
+    pub(crate) fn inflight_sub(&self, bytes: usize) {
+        self.inflight_bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// Resets the in-flight peak to the current value.
+    pub fn reset_inflight_peak(&self) {
+        self.inflight_peak.store(self.inflight_bytes.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    /// Sums the shards.
+    pub fn snapshot(&self) -> BounceSnapshot {
+        let mut s = BounceSnapshot {
+            inflight_bytes: self.inflight_bytes.load(Ordering::Relaxed) as u64,
+            inflight_bytes_peak: self.inflight_peak.load(Ordering::Relaxed) as u64,
+            ..BounceSnapshot::default()
+        };
+        for sh in &self.shards {
+            s.maps += sh.maps.load(Ordering::Relaxed);
+            s.unmaps += sh.unmaps.load(Ordering::Relaxed);
+            s.syncs_for_cpu += sh.syncs_for_cpu.load(Ordering::Relaxed);
+            s.syncs_for_device += sh.syncs_for_device.load(Ordering::Relaxed);
+            s.bytes_to_bounce += sh.bytes_to_bounce.load(Ordering::Relaxed);
+            s.bytes_from_bounce += sh.bytes_from_bounce.load(Ordering::Relaxed);
+            s.overflows_clamped += sh.overflows_clamped.load(Ordering::Relaxed);
+            s.timed_ops += sh.timed_ops.load(Ordering::Relaxed);
+            s.op_ns += sh.op_ns.load(Ordering::Relaxed);
+            s.copy_ns += sh.copy_ns.load(Ordering::Relaxed);
+            for (i, f) in sh.failures.iter().enumerate() {
+                s.failures[i] += f.load(Ordering::Relaxed);
+            }
+        }
+        s
+    }
+}
+
+/// A point-in-time sum of [`BounceStats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BounceSnapshot {
+    /// Successful maps (each scatter-gather entry counts).
+    pub maps: u64,
+    /// Successful unmaps.
+    pub unmaps: u64,
+    /// `sync_*_for_cpu` calls that succeeded.
+    pub syncs_for_cpu: u64,
+    /// `sync_*_for_device` calls that succeeded.
+    pub syncs_for_device: u64,
+    /// Bytes copied original → bounce.
+    pub bytes_to_bounce: u64,
+    /// Bytes copied bounce → original.
+    pub bytes_from_bounce: u64,
+    /// Failures, indexed by [`FailureReason`] as `usize`.
+    pub failures: [u64; FailureReason::COUNT],
+    /// Syncs or unmaps whose size ran past the mapping and was clamped
+    /// ("Buffer overflow detected").
+    pub overflows_clamped: u64,
+    /// Mapping bytes live now.
+    pub inflight_bytes: u64,
+    /// The most mapping bytes live at once.
+    pub inflight_bytes_peak: u64,
+    /// Operations timed (timing enabled).
+    pub timed_ops: u64,
+    /// Nanoseconds spent in timed operations, copies included.
+    pub op_ns: u64,
+    /// Nanoseconds of those spent copying.
+    pub copy_ns: u64,
+}
+
+impl BounceSnapshot {
+    /// Failures of one kind.
+    pub const fn failures_of(&self, reason: FailureReason) -> u64 {
+        self.failures[reason as usize]
+    }
+
+    /// All failures.
+    pub fn total_failures(&self) -> u64 {
+        self.failures.iter().sum()
+    }
+
+    /// Nanoseconds of timed operations that were not copying (allocation, lookup,
+    /// bookkeeping, locks).
+    pub const fn metadata_ns(&self) -> u64 {
+        self.op_ns.saturating_sub(self.copy_ns)
+    }
+}

@@ -1,0 +1,209 @@
+//! The [`Strategy`] trait: the one thing strategies implement.
+//!
+//! A strategy decides *which shared buffer* serves a request and *where it is found
+//! again*. Copies, direction rules, partial syncs, clamping, scatter-gather rollback,
+//! statistics of the DMA API and tracing live in the [`Bouncer`](crate::Bouncer).
+//!
+//! The trait text lives in the exported macro [`strategy_trait!`] so a crate can expand
+//! it a second time under `#[enum_dispatch::enum_dispatch]` (enum_dispatch only links a
+//! trait and an enum inside one compilation); `bounce-strategies` does that for its
+//! boot-selected `AnyStrategy`. Everyone else simply uses [`Strategy`].
+
+use alloc::string::String;
+
+use crate::addr::PhysAddr;
+
+/// A request for a shared buffer (what `swiotlb_tbl_map_single` receives).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// The caller's (private) buffer.
+    pub orig: PhysAddr,
+    /// Bytes that will be copied (`mapping_size`).
+    pub size: usize,
+    /// Bytes to reserve from the start of the data (`alloc_size`, at least `size`).
+    pub alloc_size: usize,
+    /// Required alignment of the buffer's start minus one (`alloc_align_mask`); 0 for
+    /// none (the strategy applies its own minimum).
+    pub alloc_align_mask: u64,
+    /// The device's `min_align_mask`: `returned & mask == orig & mask` must hold.
+    pub min_align_mask: u64,
+    /// The device's `dma_mask`; the bouncer re-checks the bus address after reserving.
+    pub dma_mask: u64,
+    /// The CPU the request runs on.
+    pub cpu: usize,
+}
+
+/// A reserved buffer: the physical address the original's first byte is copied to
+/// (`tlb_addr`: padding for `min_align_mask` already applied).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reservation {
+    /// Where the data starts.
+    pub addr: PhysAddr,
+}
+
+/// What a strategy knows about an address inside a live mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Located {
+    /// Where the mapping's data starts (the address `reserve` returned).
+    pub start: PhysAddr,
+    /// The original address that corresponds to the looked-up address.
+    pub orig: PhysAddr,
+    /// Bytes of the mapping from the looked-up address to its end (`alloc_size` minus
+    /// the offset).
+    pub remaining: usize,
+}
+
+/// Why [`Strategy::release`] refused an address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReleaseError {
+    /// Not in any pool of this strategy.
+    Foreign,
+    /// In a pool, but not a live mapping (double unmap).
+    NotMapped,
+    /// Inside a live mapping that starts elsewhere.
+    NotStart {
+        /// The mapping's start.
+        start: PhysAddr,
+    },
+}
+
+/// What a released mapping was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Released {
+    /// The original address of the mapping's first byte.
+    pub orig: PhysAddr,
+    /// The mapping's `alloc_size`.
+    pub size: usize,
+}
+
+/// Background work done by [`Strategy::run_background`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackgroundReport {
+    /// Buffers added to free lists.
+    pub buffers_added: u64,
+    /// Pages converted to shared.
+    pub pages_grown: u64,
+    /// Pages converted back to private and freed.
+    pub pages_shrunk: u64,
+    /// Pages quarantined during this run.
+    pub pages_quarantined: u64,
+    /// Whether more work is pending (the runner should call again soon).
+    pub more: bool,
+}
+
+impl BackgroundReport {
+    /// Adds another report's counts.
+    pub fn merge(&mut self, other: &Self) {
+        self.buffers_added += other.buffers_added;
+        self.pages_grown += other.pages_grown;
+        self.pages_shrunk += other.pages_shrunk;
+        self.pages_quarantined += other.pages_quarantined;
+        self.more |= other.more;
+    }
+
+    /// Whether anything changed.
+    pub fn did_work(&self) -> bool {
+        self.buffers_added + self.pages_grown + self.pages_shrunk + self.pages_quarantined > 0
+    }
+}
+
+/// A strategy's own accounting, checked by [`Strategy::audit`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AuditReport {
+    /// Live mappings.
+    pub live_mappings: usize,
+    /// Bytes reserved by live mappings (as `PoolStats::used_bytes`).
+    pub used_bytes: usize,
+    /// Bytes free and ready to hand out.
+    pub free_bytes: usize,
+    /// Bytes of shared memory owned (free + used + internal slack).
+    pub owned_bytes: usize,
+    /// Pages quarantined.
+    pub quarantined_pages: u64,
+}
+
+/// An inconsistency found by [`Strategy::audit`]: a bug.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("strategy audit failed: {0}")]
+pub struct AuditError(pub String);
+
+/// The Strategy trait text; see the module documentation. Expands to `pub trait
+/// Strategy` with the given attributes in front.
+#[macro_export]
+macro_rules! strategy_trait {
+    ($(#[$attr:meta])*) => {
+        /// A bounce-buffer allocation strategy.
+        ///
+        /// # Context
+        /// `reserve`, `release`, `locate`, `owns`, `max_mapping_size`,
+        /// `addressing_limit`, `stats`, `reset_hiwater` and `background_pending` run on
+        /// the map path: any context, IRQs possibly off. They must not sleep, must not
+        /// call the global allocator and must not convert pages; they may take the
+        /// platform's IRQ-safe locks and call `Platform::wake_refill`.
+        /// `run_background` and `audit` run in process context and may sleep.
+        $(#[$attr])*
+        pub trait Strategy: Send + Sync {
+            /// The strategy's boot name (`swiotlb.strategy=`).
+            fn name(&self) -> &'static str;
+
+            /// Reserves a shared buffer for `req`.
+            ///
+            /// # Errors
+            /// A [`MapError`](::bounce_framework::MapError) saying why nothing could be
+            /// reserved; the strategy's state is unchanged.
+            fn reserve(
+                &self,
+                req: &::bounce_framework::Request,
+            ) -> ::core::result::Result<::bounce_framework::Reservation, ::bounce_framework::MapError>;
+
+            /// Releases the mapping that starts at `addr` (the address `reserve`
+            /// returned).
+            ///
+            /// # Errors
+            /// A [`ReleaseError`](::bounce_framework::ReleaseError); state unchanged.
+            fn release(
+                &self,
+                addr: ::bounce_framework::PhysAddr,
+            ) -> ::core::result::Result<::bounce_framework::Released, ::bounce_framework::ReleaseError>;
+
+            /// Finds the live mapping that contains `addr`.
+            fn locate(&self, addr: ::bounce_framework::PhysAddr) -> ::core::option::Option<::bounce_framework::Located>;
+
+            /// Whether `addr` lies in memory this strategy manages (`is_swiotlb_buffer`),
+            /// mapped or not.
+            fn owns(&self, addr: ::bounce_framework::PhysAddr) -> bool;
+
+            /// The longest mapping this strategy can serve for `dev`.
+            fn max_mapping_size(&self, dev: &::bounce_framework::Device) -> usize;
+
+            /// The end (exclusive) of the highest physical address a buffer may occupy;
+            /// decides `dma_supported`.
+            fn addressing_limit(&self) -> ::bounce_framework::PhysAddr;
+
+            /// The pool's statistics.
+            fn stats(&self) -> ::bounce_framework::PoolStats;
+
+            /// Resets the used high-water mark.
+            fn reset_hiwater(&self);
+
+            /// Whether background work (growth, shrinking) is pending.
+            fn background_pending(&self) -> bool;
+
+            /// Runs pending background work: growth in batches, shrinking of idle
+            /// memory. May sleep.
+            fn run_background(&self) -> ::bounce_framework::BackgroundReport;
+
+            /// Walks every data structure and checks the strategy's invariants: every
+            /// byte free, in flight or quarantined, counters matching. May sleep.
+            ///
+            /// # Errors
+            /// An [`AuditError`](::bounce_framework::AuditError) naming the first
+            /// inconsistency.
+            fn audit(
+                &self,
+            ) -> ::core::result::Result<::bounce_framework::AuditReport, ::bounce_framework::AuditError>;
+        }
+    };
+}
+
+strategy_trait!();

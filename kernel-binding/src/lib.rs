@@ -1,0 +1,2 @@
+//! The C ABI and kernel binding.
+#![no_std]

@@ -1,0 +1,2 @@
+//! The kccd refill engine.
+#![no_std]

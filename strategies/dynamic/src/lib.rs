@@ -1,0 +1,3 @@
+//! The dynamic strategy.
+#![no_std]
+#![forbid(unsafe_code)]

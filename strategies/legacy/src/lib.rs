@@ -1,0 +1,3 @@
+//! The legacy strategy.
+#![no_std]
+#![forbid(unsafe_code)]

@@ -1,0 +1,3 @@
+//! The magazine strategy.
+#![no_std]
+#![forbid(unsafe_code)]

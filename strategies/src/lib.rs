@@ -1,0 +1,2 @@
+//! The allocation strategies: legacy, dynamic, magazine.
+#![no_std]
