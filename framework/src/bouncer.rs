@@ -304,7 +304,10 @@ impl<P: Platform, S: Strategy> Bouncer<P, S> {
             if self.strategy.release(tlb).is_err() {
                 self.platform.log(LogLevel::Error, format_args!("bounce: strategy lost a fresh mapping at {tlb}"));
             }
-            self.warn(attrs, format_args!("{}: swiotlb addr {dma} + {size} overflow (mask {:#x})", dev.name(), dev.dma_mask));
+            self.warn(
+                attrs,
+                format_args!("{}: swiotlb addr {dma} + {size} overflow (mask {:#x})", dev.name(), dev.dma_mask),
+            );
             return Err(MapError::Unreachable { dma, size, mask: dev.dma_mask });
         }
         let mut copy_ns = 0;
@@ -335,7 +338,16 @@ impl<P: Platform, S: Strategy> Bouncer<P, S> {
 
     /// Copies between bounce and original for `len` bytes at `tlb`, clamping to the
     /// mapping ("Buffer overflow detected").
-    fn bounce(&self, dev: &Device, tlb: PhysAddr, loc: &Located, len: usize, to_device: bool, cpu: usize, copy_ns: &mut u64) {
+    fn bounce(
+        &self,
+        dev: &Device,
+        tlb: PhysAddr,
+        loc: &Located,
+        len: usize,
+        to_device: bool,
+        cpu: usize,
+        copy_ns: &mut u64,
+    ) {
         let mut len = len;
         if len > loc.remaining {
             self.stats.add(cpu, Counter::OverflowsClamped, 1);
@@ -394,7 +406,14 @@ impl<P: Platform, S: Strategy> Bouncer<P, S> {
     ///
     /// # Errors
     /// As [`Bouncer::unmap_single`], plus direction errors.
-    pub fn unmap_single_raw(&self, dev: &Device, dma: DmaAddr, size: usize, dir: u32, attrs: DmaAttrs) -> Result<(), LookupError> {
+    pub fn unmap_single_raw(
+        &self,
+        dev: &Device,
+        dma: DmaAddr,
+        size: usize,
+        dir: u32,
+        attrs: DmaAttrs,
+    ) -> Result<(), LookupError> {
         match DmaDirection::from_raw(dir) {
             Ok(d) => self.unmap_single(dev, dma, size, d, attrs),
             Err(e) => {
@@ -449,7 +468,13 @@ impl<P: Platform, S: Strategy> Bouncer<P, S> {
     ///
     /// # Errors
     /// [`LookupError`] when `dma` is not inside a live mapping.
-    pub fn sync_single_for_cpu(&self, dev: &Device, dma: DmaAddr, size: usize, dir: DmaDirection) -> Result<(), LookupError> {
+    pub fn sync_single_for_cpu(
+        &self,
+        dev: &Device,
+        dma: DmaAddr,
+        size: usize,
+        dir: DmaDirection,
+    ) -> Result<(), LookupError> {
         self.sync(dev, dma, size, dir, false)
     }
 
@@ -459,11 +484,24 @@ impl<P: Platform, S: Strategy> Bouncer<P, S> {
     ///
     /// # Errors
     /// [`LookupError`] when `dma` is not inside a live mapping.
-    pub fn sync_single_for_device(&self, dev: &Device, dma: DmaAddr, size: usize, dir: DmaDirection) -> Result<(), LookupError> {
+    pub fn sync_single_for_device(
+        &self,
+        dev: &Device,
+        dma: DmaAddr,
+        size: usize,
+        dir: DmaDirection,
+    ) -> Result<(), LookupError> {
         self.sync(dev, dma, size, dir, true)
     }
 
-    fn sync(&self, dev: &Device, dma: DmaAddr, size: usize, dir: DmaDirection, for_device: bool) -> Result<(), LookupError> {
+    fn sync(
+        &self,
+        dev: &Device,
+        dma: DmaAddr,
+        size: usize,
+        dir: DmaDirection,
+        for_device: bool,
+    ) -> Result<(), LookupError> {
         let cpu = self.platform.current_cpu();
         let t0 = self.clock();
         let (tlb, loc) = match self.locate(dma) {
@@ -494,7 +532,13 @@ impl<P: Platform, S: Strategy> Bouncer<P, S> {
     ///
     /// # Errors
     /// [`SgError`].
-    pub fn map_sg(&self, dev: &Device, sg: &mut [SgEntry], dir: DmaDirection, attrs: DmaAttrs) -> Result<usize, SgError> {
+    pub fn map_sg(
+        &self,
+        dev: &Device,
+        sg: &mut [SgEntry],
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+    ) -> Result<usize, SgError> {
         for i in 0..sg.len() {
             match self.map_single(dev, sg[i].phys, sg[i].length, dir, attrs) {
                 Ok(dma) => {
@@ -513,7 +557,13 @@ impl<P: Platform, S: Strategy> Bouncer<P, S> {
         Ok(sg.len())
     }
 
-    fn unmap_sg_prefix(&self, dev: &Device, sg: &mut [SgEntry], dir: DmaDirection, attrs: DmaAttrs) -> Result<(), LookupError> {
+    fn unmap_sg_prefix(
+        &self,
+        dev: &Device,
+        sg: &mut [SgEntry],
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+    ) -> Result<(), LookupError> {
         let mut first = Ok(());
         for e in sg.iter_mut() {
             let r = self.unmap_single(dev, e.dma_address, e.dma_length, dir, attrs);
@@ -530,7 +580,13 @@ impl<P: Platform, S: Strategy> Bouncer<P, S> {
     ///
     /// # Errors
     /// The first entry's error; the other entries are still unmapped.
-    pub fn unmap_sg(&self, dev: &Device, sg: &mut [SgEntry], dir: DmaDirection, attrs: DmaAttrs) -> Result<(), LookupError> {
+    pub fn unmap_sg(
+        &self,
+        dev: &Device,
+        sg: &mut [SgEntry],
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+    ) -> Result<(), LookupError> {
         self.unmap_sg_prefix(dev, sg, dir, attrs)
     }
 

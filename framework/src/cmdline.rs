@@ -277,7 +277,10 @@ impl BootConfig {
 
     /// The parameters addressed to `strategy`.
     pub fn params_for(&self, strategy: &str) -> StrategyParams<'_> {
-        StrategyParams { strategy: strategy.to_string(), params: self.params.iter().filter(|p| p.strategy == strategy).collect() }
+        StrategyParams {
+            strategy: strategy.to_string(),
+            params: self.params.iter().filter(|p| p.strategy == strategy).collect(),
+        }
     }
 }
 
@@ -372,12 +375,18 @@ mod tests {
         // C notation
         assert_eq!(sw("0x8000").unwrap().nslabs, Some(32768));
         assert_eq!(sw("0100").unwrap().nslabs, Some(128)); // octal 64 -> 128
-        // areas round up to a power of two
+                                                           // areas round up to a power of two
         assert_eq!(sw("65536,3").unwrap().nareas, Some(4));
-        assert_eq!(sw("65536,8,force").unwrap(), SwiotlbParam { nslabs: Some(65536), nareas: Some(8), force: Some(ForceMode::Force) });
+        assert_eq!(
+            sw("65536,8,force").unwrap(),
+            SwiotlbParam { nslabs: Some(65536), nareas: Some(8), force: Some(ForceMode::Force) }
+        );
         assert_eq!(sw("force").unwrap().force, Some(ForceMode::Force));
         assert_eq!(sw("noforce").unwrap().force, Some(ForceMode::NoForce));
-        assert_eq!(sw("1024,force").unwrap(), SwiotlbParam { nslabs: Some(1024), nareas: None, force: Some(ForceMode::Force) });
+        assert_eq!(
+            sw("1024,force").unwrap(),
+            SwiotlbParam { nslabs: Some(1024), nareas: None, force: Some(ForceMode::Force) }
+        );
         assert_eq!(sw(",4").unwrap().nareas, Some(4));
         assert_eq!(sw("").unwrap(), SwiotlbParam::default());
     }
@@ -419,8 +428,14 @@ mod tests {
     #[test]
     fn cmdline_errors() {
         let e = BootConfig::parse("swiotlb.strategy=fancy", KNOWN).unwrap_err();
-        assert_eq!(e.to_string(), "`swiotlb.strategy=fancy`: unknown strategy `fancy` (known: legacy, dynamic, magazine)");
-        assert!(matches!(BootConfig::parse("swiotlb.strategy=legacy swiotlb.strategy=dynamic", KNOWN), Err(CmdlineError::Duplicate { .. })));
+        assert_eq!(
+            e.to_string(),
+            "`swiotlb.strategy=fancy`: unknown strategy `fancy` (known: legacy, dynamic, magazine)"
+        );
+        assert!(matches!(
+            BootConfig::parse("swiotlb.strategy=legacy swiotlb.strategy=dynamic", KNOWN),
+            Err(CmdlineError::Duplicate { .. })
+        ));
         assert!(matches!(BootConfig::parse("swiotlb.fancy.x=1", KNOWN), Err(CmdlineError::UnknownStrategy { .. })));
         assert!(matches!(BootConfig::parse("swiotlb.scrub=maybe", KNOWN), Err(CmdlineError::Unexpected { .. })));
         assert!(matches!(BootConfig::parse("swiotlb.bogus=1", KNOWN), Err(CmdlineError::Unexpected { .. })));
@@ -434,7 +449,9 @@ mod tests {
 
     #[test]
     fn strategy_params() {
-        let c = BootConfig::parse("swiotlb.magazine.size=0x10 swiotlb.magazine.cap=64M swiotlb.magazine.trim=off", KNOWN).unwrap();
+        let c =
+            BootConfig::parse("swiotlb.magazine.size=0x10 swiotlb.magazine.cap=64M swiotlb.magazine.trim=off", KNOWN)
+                .unwrap();
         let p = c.params_for("magazine");
         assert_eq!(p.number("size", 1, 1024).unwrap(), Some(16));
         assert_eq!(p.size("cap", 0, u64::MAX).unwrap(), Some(64 << 20));

@@ -69,7 +69,8 @@ impl<S: Strategy> Env<S> {
         let strategy = make(&guest);
         let bouncer = Arc::new(Bouncer::new(guest.clone(), strategy, options));
         let net = SimDevice::new(&guest, Device::new("virtio-net"));
-        let nvme = SimDevice::new(&guest, Device::new("nvme0").with_min_align_mask(4095).with_max_segment_size(1 << 20));
+        let nvme =
+            SimDevice::new(&guest, Device::new("nvme0").with_min_align_mask(4095).with_max_segment_size(1 << 20));
         let env = Self { guest, bouncer, net, nvme };
         env.settle();
         env
@@ -133,7 +134,11 @@ pub fn map_copies_in_every_direction<S: Strategy>(make: &dyn Fn(&SimGuest) -> S)
             assert!(e.bouncer.is_bounce_buffer(dma), "{dma} not reported as a bounce buffer");
             let phys = e.guest.dma_to_phys(dma);
             assert!(e.guest.range_is(phys, size, PageState::Shared), "bounce buffer {phys} is not shared memory");
-            assert_eq!(e.dev_read(&e.net, dma, size), pattern(seed, size), "{size} bytes {dir}: device sees wrong data");
+            assert_eq!(
+                e.dev_read(&e.net, dma, size),
+                pattern(seed, size),
+                "{size} bytes {dir}: device sees wrong data"
+            );
             e.bouncer.unmap_single(e.net.device(), dma, size, dir, DmaAttrs::empty()).unwrap();
             e.check();
         }
@@ -203,7 +208,8 @@ pub fn partial_sync_at_offset<S: Strategy>(make: &dyn Fn(&SimGuest) -> S) {
     for (dev, offset) in [(&e.net, 0usize), (&e.nvme, 0x234), (&e.nvme, 0xfff)] {
         let size = 3 * 4096 + 123;
         let orig = e.buffer(size, offset, 20);
-        let dma = e.bouncer.map_single(dev.device(), orig, size, DmaDirection::Bidirectional, DmaAttrs::empty()).unwrap();
+        let dma =
+            e.bouncer.map_single(dev.device(), orig, size, DmaDirection::Bidirectional, DmaAttrs::empty()).unwrap();
         // Device writes everything; the CPU syncs 2000 bytes at 1000.
         dev.write(&*e.bouncer, dma, &pattern(21, size)).unwrap();
         e.bouncer.sync_single_for_cpu(dev.device(), dma + 1000, 2000, DmaDirection::Bidirectional).unwrap();
@@ -253,7 +259,8 @@ pub fn min_align_mask_preserved<S: Strategy>(make: &dyn Fn(&SimGuest) -> S) {
         for &offset in &[0usize, 0x200, 0x234, 0x7ff, 0x800, 0xfff] {
             for &size in &[512usize, 4096, 65536] {
                 let orig = e.buffer(size, offset, offset as u64);
-                let dma = e.bouncer.map_single(dev.device(), orig, size, DmaDirection::ToDevice, DmaAttrs::empty()).unwrap();
+                let dma =
+                    e.bouncer.map_single(dev.device(), orig, size, DmaDirection::ToDevice, DmaAttrs::empty()).unwrap();
                 assert_eq!(dma.0 & mask, orig.0 & mask, "{}: offset {offset:#x} size {size}", dev.device().name());
                 assert_eq!(e.dev_read(dev, dma, size), pattern(offset as u64, size));
                 e.bouncer.unmap_single(dev.device(), dma, size, DmaDirection::ToDevice, DmaAttrs::empty()).unwrap();
@@ -269,7 +276,10 @@ pub fn alloc_align_mask_honoured<S: Strategy>(make: &dyn Fn(&SimGuest) -> S) {
     for &mask in &[0xfffu64, 0x3fff] {
         for &size in &[100usize, 4096, 20000] {
             let orig = e.buffer(size, 0, 3);
-            let dma = e.bouncer.map_with_align(e.net.device(), orig, size, mask, DmaDirection::ToDevice, DmaAttrs::empty()).unwrap();
+            let dma = e
+                .bouncer
+                .map_with_align(e.net.device(), orig, size, mask, DmaDirection::ToDevice, DmaAttrs::empty())
+                .unwrap();
             assert_eq!(e.guest.dma_to_phys(dma).0 & mask, 0, "align mask {mask:#x}, size {size}");
             assert_eq!(e.dev_read(&e.net, dma, size), pattern(3, size));
             e.bouncer.unmap_single(e.net.device(), dma, size, DmaDirection::ToDevice, DmaAttrs::empty()).unwrap();
@@ -292,7 +302,8 @@ pub fn max_mapping_size_is_exact<S: Strategy>(make: &dyn Fn(&SimGuest) -> S) {
         e.settle();
         let used = e.used();
         let before = e.bouncer.stats();
-        let err = e.bouncer.map_single(dev.device(), orig, max + 1, DmaDirection::ToDevice, DmaAttrs::empty()).unwrap_err();
+        let err =
+            e.bouncer.map_single(dev.device(), orig, max + 1, DmaDirection::ToDevice, DmaAttrs::empty()).unwrap_err();
         assert_eq!(err, MapError::TooLarge { size: max + 1, max });
         assert_eq!(e.used(), used);
         let after = e.bouncer.stats();
@@ -317,7 +328,8 @@ pub fn map_sg_all_or_nothing<S: Strategy>(make: &dyn Fn(&SimGuest) -> S) {
     assert_eq!(e.used(), used, "map_sg left entries mapped after a failure");
     assert_eq!(e.bouncer.stats().inflight_bytes, 0);
     // A good list maps, syncs and unmaps.
-    let mut sg: Vec<SgEntry> = (0..6).map(|i| SgEntry::new(e.buffer(3000 + i as usize, 0, i), 3000 + i as usize)).collect();
+    let mut sg: Vec<SgEntry> =
+        (0..6).map(|i| SgEntry::new(e.buffer(3000 + i as usize, 0, i), 3000 + i as usize)).collect();
     assert_eq!(e.bouncer.map_sg(dev, &mut sg, DmaDirection::Bidirectional, DmaAttrs::empty()).unwrap(), 6);
     for (i, s) in sg.iter().enumerate() {
         assert_eq!(s.dma_length, s.length);
@@ -365,7 +377,10 @@ pub fn exhaustion_is_an_error<S: Strategy>(make: &dyn Fn(&SimGuest) -> S) {
     }
     e.settle();
     assert_eq!(e.used(), used);
-    let d = e.bouncer.map_single(e.net.device(), orig, size, DmaDirection::ToDevice, DmaAttrs::empty()).expect("service resumes");
+    let d = e
+        .bouncer
+        .map_single(e.net.device(), orig, size, DmaDirection::ToDevice, DmaAttrs::empty())
+        .expect("service resumes");
     e.bouncer.unmap_single(e.net.device(), d, size, DmaDirection::ToDevice, DmaAttrs::empty()).unwrap();
     e.check();
 }
@@ -386,7 +401,10 @@ pub fn bad_unmaps_change_nothing<S: Strategy>(make: &dyn Fn(&SimGuest) -> S) {
     // Foreign: a private guest page is no bounce buffer.
     let foreign = e.guest.phys_to_dma(orig);
     assert!(!e.bouncer.is_bounce_buffer(foreign));
-    assert_eq!(e.bouncer.unmap_single(dev, foreign, 100, DmaDirection::ToDevice, DmaAttrs::empty()), Err(LookupError::Foreign(foreign)));
+    assert_eq!(
+        e.bouncer.unmap_single(dev, foreign, 100, DmaDirection::ToDevice, DmaAttrs::empty()),
+        Err(LookupError::Foreign(foreign))
+    );
     assert!(e.bouncer.sync_single_for_cpu(dev, foreign, 100, DmaDirection::FromDevice).is_err());
     assert_eq!(e.used(), used);
     let after = e.bouncer.stats();
@@ -420,9 +438,15 @@ pub fn bad_arguments_change_nothing<S: Strategy>(make: &dyn Fn(&SimGuest) -> S) 
     assert_eq!(e.bouncer.map_single_raw(dev, orig, 100, 3, DmaAttrs::empty()), Err(MapError::DirectionNone));
     assert_eq!(e.bouncer.map_single_raw(dev, orig, 100, 9, DmaAttrs::empty()), Err(MapError::BadDirection(9)));
     let top = PhysAddr(u64::MAX - 10);
-    assert_eq!(e.bouncer.map_single(dev, top, 100, DmaDirection::ToDevice, DmaAttrs::empty()), Err(MapError::BadOriginal { orig: top, size: 100 }));
+    assert_eq!(
+        e.bouncer.map_single(dev, top, 100, DmaDirection::ToDevice, DmaAttrs::empty()),
+        Err(MapError::BadOriginal { orig: top, size: 100 })
+    );
     let dma = e.bouncer.map_single(dev, orig, 100, DmaDirection::ToDevice, DmaAttrs::empty()).unwrap();
-    assert_eq!(e.bouncer.unmap_single_raw(dev, dma, 100, 3, DmaAttrs::empty()), Err(LookupError::Direction(MapError::DirectionNone)));
+    assert_eq!(
+        e.bouncer.unmap_single_raw(dev, dma, 100, 3, DmaAttrs::empty()),
+        Err(LookupError::Direction(MapError::DirectionNone))
+    );
     e.bouncer.unmap_single_raw(dev, dma, 100, 1, DmaAttrs::empty()).unwrap();
     assert_eq!(e.used(), used);
     assert_eq!(e.bouncer.stats().failures_of(FailureReason::BadArgument), 5);
@@ -520,7 +544,13 @@ pub fn concurrent_map_unmap<S: Strategy + 'static>(make: &dyn Fn(&SimGuest) -> S
                     let orig = e.buffer(size, 0, seed);
                     let dev = if i % 3 == 0 { &e.nvme } else { &e.net };
                     let dma = loop {
-                        match e.bouncer.map_single(dev.device(), orig, size, DmaDirection::Bidirectional, DmaAttrs::empty()) {
+                        match e.bouncer.map_single(
+                            dev.device(),
+                            orig,
+                            size,
+                            DmaDirection::Bidirectional,
+                            DmaAttrs::empty(),
+                        ) {
                             Ok(d) => break d,
                             Err(err) if matches!(err.reason(), FailureReason::Exhausted) && retries < 100_000 => {
                                 retries += 1;
@@ -532,7 +562,9 @@ pub fn concurrent_map_unmap<S: Strategy + 'static>(make: &dyn Fn(&SimGuest) -> S
                     };
                     assert_eq!(e.dev_read(dev, dma, size), pattern(seed, size));
                     dev.write(&*e.bouncer, dma, &pattern(seed + 7, size)).unwrap();
-                    e.bouncer.unmap_single(dev.device(), dma, size, DmaDirection::Bidirectional, DmaAttrs::empty()).unwrap();
+                    e.bouncer
+                        .unmap_single(dev.device(), dma, size, DmaDirection::Bidirectional, DmaAttrs::empty())
+                        .unwrap();
                     assert_eq!(e.guest.read_vec(orig, size), pattern(seed + 7, size));
                     e.guest.free_private(orig, size);
                 }
@@ -655,7 +687,13 @@ pub fn run_model<S: Strategy>(e: &Env<S>, ops: &[Op]) {
                         live.push(Live { dma, orig, size, dir, nvme, orig_model: p.clone(), bounce_model: p });
                     }
                     Err(err) => {
-                        assert!(matches!(err.reason(), FailureReason::Exhausted | FailureReason::Cap | FailureReason::TooLarge), "step {step}: {err}");
+                        assert!(
+                            matches!(
+                                err.reason(),
+                                FailureReason::Exhausted | FailureReason::Cap | FailureReason::TooLarge
+                            ),
+                            "step {step}: {err}"
+                        );
                         e.settle();
                     }
                 }
@@ -720,12 +758,20 @@ pub fn run_model<S: Strategy>(e: &Env<S>, ops: &[Op]) {
             _ => {}
         }
         for l in &live {
-            assert_eq!(e.guest.read_vec(l.orig, l.size), l.orig_model, "step {step} {op:?}: original of a live mapping");
+            assert_eq!(
+                e.guest.read_vec(l.orig, l.size),
+                l.orig_model,
+                "step {step} {op:?}: original of a live mapping"
+            );
             let dev = if l.nvme { &e.nvme } else { &e.net };
             assert_eq!(e.dev_read(dev, l.dma, l.size), l.bounce_model, "step {step} {op:?}: bounce buffer");
         }
         for (orig, model) in &dead {
-            assert_eq!(&e.guest.read_vec(*orig, model.len()), model, "step {step} {op:?}: original of an unmapped buffer");
+            assert_eq!(
+                &e.guest.read_vec(*orig, model.len()),
+                model,
+                "step {step} {op:?}: original of an unmapped buffer"
+            );
         }
         e.check();
         let s = e.bouncer.stats();

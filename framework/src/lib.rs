@@ -38,7 +38,9 @@ pub mod sim;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
-pub use addr::{DmaAddr, PageCount, PhysAddr, SlotCount, IO_TLB_SEGSIZE, IO_TLB_SHIFT, IO_TLB_SIZE, PAGE_SHIFT, PAGE_SIZE};
+pub use addr::{
+    DmaAddr, PageCount, PhysAddr, SlotCount, IO_TLB_SEGSIZE, IO_TLB_SHIFT, IO_TLB_SIZE, PAGE_SHIFT, PAGE_SIZE,
+};
 pub use bouncer::{Bouncer, BouncerOptions, SgEntry, SgError};
 pub use cmdline::{BootConfig, ForceMode, StrategyParams, SwiotlbParam};
 pub use dma::{Device, DmaAttrs, DmaDirection};
@@ -47,4 +49,6 @@ pub use lock::{IrqControl, IrqMutex, IrqMutexGuard, IrqState, NoIrq, RawIrqLock,
 pub use platform::{AllocContext, BouncedEvent, LogLevel, PageRequest, Platform};
 pub use shared::{ConversionStats, SharedMemory};
 pub use stats::{BounceSnapshot, BounceStats, DebugfsView, PoolStats, RefillStats, UsageCounter};
-pub use strategy::{AuditError, AuditReport, BackgroundReport, Located, ReleaseError, Released, Reservation, Request, Strategy};
+pub use strategy::{
+    AuditError, AuditReport, BackgroundReport, Located, ReleaseError, Released, Request, Reservation, Strategy,
+};

@@ -84,11 +84,7 @@ unsafe impl<I: IrqControl> RawIrqLock for SpinIrqLock<I> {
     fn lock_irqsave(&self) -> IrqState {
         loop {
             let state = I::save_disable();
-            if self
-                .locked
-                .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-                .is_ok()
-            {
+            if self.locked.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok() {
                 return state;
             }
             // Spin with interrupts restored, as the kernel's slow path does, so a waiter

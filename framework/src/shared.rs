@@ -14,7 +14,7 @@ use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::addr::{PageCount, PhysAddr, PAGE_SIZE};
 use crate::error::{GrowError, PlatformError};
-use crate::platform::{Platform, PageRequest};
+use crate::platform::{PageRequest, Platform};
 
 /// A snapshot of conversion activity.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

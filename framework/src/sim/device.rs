@@ -89,14 +89,20 @@ impl SimDevice {
         &self.dev
     }
 
-    fn check(&self, oracle: Option<&dyn MappingOracle>, dma: DmaAddr, len: usize) -> Result<crate::PhysAddr, DeviceError> {
+    fn check(
+        &self,
+        oracle: Option<&dyn MappingOracle>,
+        dma: DmaAddr,
+        len: usize,
+    ) -> Result<crate::PhysAddr, DeviceError> {
         let device = || self.dev.name().into();
         let end = dma.0.checked_add((len as u64).saturating_sub(1));
         if end.is_none_or(|e| e > self.dev.dma_mask) {
             return Err(DeviceError::BeyondMask { device: device(), dma, len, mask: self.dev.dma_mask });
         }
         let phys = self.guest.dma_to_phys(dma);
-        if self.guest.page_state(phys).is_none() || self.guest.page_state(phys + len.saturating_sub(1) as u64).is_none() {
+        if self.guest.page_state(phys).is_none() || self.guest.page_state(phys + len.saturating_sub(1) as u64).is_none()
+        {
             return Err(DeviceError::OutsideMemory { device: device(), dma, len });
         }
         if !self.guest.range_is(phys, len, PageState::Shared) {

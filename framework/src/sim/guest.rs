@@ -479,7 +479,9 @@ impl SimGuest {
 
     /// Whether every page of `[addr, addr+len)` is in the arena and in `state`.
     pub fn range_is(&self, addr: PhysAddr, len: usize, state: PageState) -> bool {
-        self.range_pages(addr, len).is_some_and(|(a, b)| (a..b).all(|i| PageState::from_u8(self.inner.states[i].load(Ordering::SeqCst)) == state))
+        self.range_pages(addr, len).is_some_and(|(a, b)| {
+            (a..b).all(|i| PageState::from_u8(self.inner.states[i].load(Ordering::SeqCst)) == state)
+        })
     }
 
     fn range_pages(&self, addr: PhysAddr, len: usize) -> Option<(usize, usize)> {
@@ -597,7 +599,11 @@ impl SimGuest {
                 // SAFETY: `o + len <= mem_len`, so the pointer stays inside `_backing`.
                 unsafe { self.inner.mem.add(o) }
             }
-            _ => panic!("bounce sim: access {addr} + {len} bytes is outside guest memory {}..{}", self.base(), self.end()),
+            _ => panic!(
+                "bounce sim: access {addr} + {len} bytes is outside guest memory {}..{}",
+                self.base(),
+                self.end()
+            ),
         }
     }
 
@@ -649,9 +655,19 @@ impl SimGuest {
 
     fn convert(&self, addr: PhysAddr, pages: PageCount, to_shared: bool) -> Result<(), PlatformError> {
         let (countdown, all, calls, count) = if to_shared {
-            (&self.inner.faults.decrypt_countdown, &self.inner.faults.decrypt_fail_all, &self.inner.decrypt_calls, &self.inner.pages_decrypted)
+            (
+                &self.inner.faults.decrypt_countdown,
+                &self.inner.faults.decrypt_fail_all,
+                &self.inner.decrypt_calls,
+                &self.inner.pages_decrypted,
+            )
         } else {
-            (&self.inner.faults.encrypt_countdown, &self.inner.faults.encrypt_fail_all, &self.inner.encrypt_calls, &self.inner.pages_encrypted)
+            (
+                &self.inner.faults.encrypt_countdown,
+                &self.inner.faults.encrypt_fail_all,
+                &self.inner.encrypt_calls,
+                &self.inner.pages_encrypted,
+            )
         };
         let target = if to_shared { "shared" } else { "private" };
         let delay = self.inner.faults.delay_ns.load(Ordering::SeqCst);

@@ -6,8 +6,8 @@
 
 use bounce_framework::sim::{SimGuest, SimLock};
 use bounce_framework::{
-    AuditError, AuditReport, BackgroundReport, Device, IrqMutex, Located, MapError, PageCount, PageRequest, Platform,
-    PhysAddr, PoolStats, ReleaseError, Released, Request, Reservation, SharedMemory, Strategy, UsageCounter,
+    AuditError, AuditReport, BackgroundReport, Device, IrqMutex, Located, MapError, PageCount, PageRequest, PhysAddr,
+    Platform, PoolStats, ReleaseError, Released, Request, Reservation, SharedMemory, Strategy, UsageCounter,
     IO_TLB_SEGSIZE, IO_TLB_SIZE,
 };
 
@@ -81,7 +81,8 @@ impl Strategy for FirstFit {
 
     fn reserve(&self, req: &Request) -> Result<Reservation, MapError> {
         let offset = (req.orig.0 & req.min_align_mask) as usize;
-        let align = ((req.min_align_mask + 1).next_power_of_two().max(req.alloc_align_mask + 1) as usize).max(IO_TLB_SIZE);
+        let align =
+            ((req.min_align_mask + 1).next_power_of_two().max(req.alloc_align_mask + 1) as usize).max(IO_TLB_SIZE);
         let n = (offset + req.alloc_size).div_ceil(IO_TLB_SIZE);
         let mut st = self.state.lock();
         let mut g = 0;
