@@ -51,12 +51,14 @@ macro_rules! addr_type {
 
             /// Rounds down to a multiple of `align` (a power of two).
             #[inline]
+            #[must_use]
             pub const fn align_down(self, align: u64) -> Self {
                 Self(self.0 & !(align - 1))
             }
 
             /// Rounds up to a multiple of `align` (a power of two); saturates at the top.
             #[inline]
+            #[must_use]
             pub const fn align_up(self, align: u64) -> Self {
                 Self(self.0.saturating_add(align - 1) & !(align - 1))
             }
@@ -204,7 +206,7 @@ mod tests {
         assert_eq!(SlotCount::floor_bytes(4095).0, 1);
         assert_eq!(PhysAddr(0x1234).align_down(0x1000), PhysAddr(0x1000));
         assert_eq!(PhysAddr(0x1234).align_up(0x1000), PhysAddr(0x2000));
-        assert_eq!(PhysAddr(u64::MAX).align_up(0x1000), PhysAddr(u64::MAX & !0xfff));
+        assert_eq!(PhysAddr(u64::MAX).align_up(0x1000), PhysAddr(!0xfff));
         assert_eq!(PhysAddr(0x1234).page_offset(), 0x234);
         assert_eq!(PhysAddr(0x10).offset_from(PhysAddr(0x20)), None);
         assert_eq!(dma_bit_mask(32), 0xffff_ffff);

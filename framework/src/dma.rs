@@ -172,7 +172,7 @@ impl fmt::Debug for Device {
             .field("dma_mask", &format_args!("{:#x}", self.dma_mask))
             .field("min_align_mask", &format_args!("{:#x}", self.min_align_mask))
             .field("max_segment_size", &self.max_segment_size)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 

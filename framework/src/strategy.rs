@@ -5,7 +5,7 @@
 //! statistics of the DMA API and tracing live in the [`Bouncer`](crate::Bouncer).
 //!
 //! The trait text lives in the exported macro [`strategy_trait!`] so a crate can expand
-//! it a second time under `#[enum_dispatch::enum_dispatch]` (enum_dispatch only links a
+//! it a second time under `#[enum_dispatch::enum_dispatch]` (`enum_dispatch` only links a
 //! trait and an enum inside one compilation); `bounce-strategies` does that for its
 //! boot-selected `AnyStrategy`. Everyone else simply uses [`Strategy`].
 

@@ -149,7 +149,7 @@ impl Strategy for FirstFit {
             used_hiwater_bytes: self.usage.hiwater(),
             transient_bytes: 0,
             conversions: self.shared.stats(),
-            refill: Default::default(),
+            refill: bounce_framework::RefillStats::default(),
         }
     }
 
