@@ -395,9 +395,11 @@ pub fn bad_unmaps_change_nothing<S: Strategy>(make: &dyn Fn(&SimGuest) -> S) {
     let dma = e.bouncer.map_single(dev, orig, 5000, DmaDirection::Bidirectional, DmaAttrs::empty()).unwrap();
     let used = e.used();
     let stats = e.bouncer.stats();
-    // Inside a mapping, not its start.
+    // Inside a mapping, not its start: refused before anything is copied back.
+    e.net.write(&*e.bouncer, dma, &pattern(63, 5000)).unwrap();
     let r = e.bouncer.unmap_single(dev, dma + 16, 100, DmaDirection::Bidirectional, DmaAttrs::empty());
     assert_eq!(r, Err(LookupError::NotMappingStart { addr: dma + 16, start: dma }));
+    assert_eq!(e.guest.read_vec(orig, 5000), pattern(60, 5000), "a refused unmap copied data back");
     // Foreign: a private guest page is no bounce buffer.
     let foreign = e.guest.phys_to_dma(orig);
     assert!(!e.bouncer.is_bounce_buffer(foreign));
