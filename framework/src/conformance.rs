@@ -530,6 +530,74 @@ pub fn scrub_clears_buffers<S: Strategy>(make: &dyn Fn(&SimGuest) -> S) {
     e.check();
 }
 
+/// Hostile host, no double fetch: the guest touches shared memory exactly once per
+/// operation and direction — map copies `size` bytes in, unmap and sync-for-cpu copy
+/// out exactly the bytes asked for, in one copy each.
+pub fn copies_each_direction_once<S: Strategy>(make: &dyn Fn(&SimGuest) -> S) {
+    let e = env(make);
+    assert!(e.guest.config().track_copies);
+    let dev = e.net.device();
+    for &size in &[64usize, 1500, 4096, 20000] {
+        let orig = e.buffer(size, 0, 90);
+        let s0 = e.guest.stats();
+        let dma = e.bouncer.map_single(dev, orig, size, DmaDirection::Bidirectional, DmaAttrs::empty()).unwrap();
+        let s1 = e.guest.stats();
+        assert_eq!(s1.bytes_into_shared - s0.bytes_into_shared, size as u64, "map must copy in exactly once");
+        assert_eq!(s1.bytes_out_of_shared, s0.bytes_out_of_shared, "map must not read shared memory");
+        assert_eq!(s1.shared_copy_calls - s0.shared_copy_calls, 1);
+        e.bouncer.sync_single_for_cpu(dev, dma + 10, 50, DmaDirection::Bidirectional).unwrap();
+        let s2 = e.guest.stats();
+        assert_eq!(s2.bytes_out_of_shared - s1.bytes_out_of_shared, 50, "sync_for_cpu reads exactly what is asked");
+        assert_eq!(s2.shared_copy_calls - s1.shared_copy_calls, 1);
+        e.bouncer.unmap_single(dev, dma, size, DmaDirection::Bidirectional, DmaAttrs::empty()).unwrap();
+        let s3 = e.guest.stats();
+        assert_eq!(s3.bytes_out_of_shared - s2.bytes_out_of_shared, size as u64, "unmap must copy out exactly once");
+        assert_eq!(s3.bytes_into_shared, s2.bytes_into_shared, "unmap must not write shared memory (scrub off)");
+        assert_eq!(s3.shared_copy_calls - s2.shared_copy_calls, 1);
+    }
+    e.check();
+}
+
+/// Hostile host: data the host writes into a bounce buffer after the guest copied it
+/// never reaches the guest's memory, and the device never sees a previous mapping's
+/// data (the CVE-2022-0854 class).
+pub fn hostile_host_cannot_reach_guest_memory<S: Strategy>(make: &dyn Fn(&SimGuest) -> S) {
+    let e = env(make);
+    let dev = e.net.device();
+    let size = 8192;
+    // A secret goes to the device and is unmapped.
+    let secret = e.buffer(size, 0, 100);
+    let d = e.bouncer.map_single(dev, secret, size, DmaDirection::ToDevice, DmaAttrs::empty()).unwrap();
+    e.bouncer.unmap_single(dev, d, size, DmaDirection::ToDevice, DmaAttrs::empty()).unwrap();
+    for round in 0..8u64 {
+        // A new FromDevice mapping: the device must see the original's bytes, never the
+        // secret, even where it does not write.
+        let orig = e.buffer(size, 0, 200 + round);
+        let dma = e.bouncer.map_single(dev, orig, size, DmaDirection::FromDevice, DmaAttrs::empty()).unwrap();
+        assert_eq!(e.dev_read(&e.net, dma, size), pattern(200 + round, size), "device saw stale bounce data");
+        // The device writes only the first half; unmap copies back the whole mapping.
+        e.net.write(&*e.bouncer, dma, &pattern(300 + round, size / 2)).unwrap();
+        e.bouncer.unmap_single(dev, dma, size, DmaDirection::FromDevice, DmaAttrs::empty()).unwrap();
+        let mut want = pattern(200 + round, size);
+        want[..size / 2].copy_from_slice(&pattern(300 + round, size / 2));
+        assert_eq!(e.guest.read_vec(orig, size), want, "partial device write clobbered the original");
+        // The host rewrites the bounce memory after the guest's copy: the guest's memory
+        // must not change.
+        e.net.host_write(dma, &pattern(400 + round, size)).unwrap();
+        assert_eq!(e.guest.read_vec(orig, size), want, "a host write after unmap reached guest memory");
+    }
+    // After sync_for_cpu too.
+    let orig = e.buffer(size, 0, 500);
+    let dma = e.bouncer.map_single(dev, orig, size, DmaDirection::FromDevice, DmaAttrs::empty()).unwrap();
+    e.net.write(&*e.bouncer, dma, &pattern(501, size)).unwrap();
+    e.bouncer.sync_single_for_cpu(dev, dma, size, DmaDirection::FromDevice).unwrap();
+    e.net.host_write(dma, &pattern(502, size)).unwrap();
+    assert_eq!(e.guest.read_vec(orig, size), pattern(501, size), "a host write after sync reached guest memory");
+    e.bouncer.unmap_single(dev, dma, size, DmaDirection::FromDevice, DmaAttrs::SKIP_CPU_SYNC).unwrap();
+    assert_eq!(e.guest.read_vec(orig, size), pattern(501, size));
+    e.check();
+}
+
 /// Two threads map, check and unmap concurrently; every byte arrives intact.
 pub fn concurrent_map_unmap<S: Strategy + 'static>(make: &dyn Fn(&SimGuest) -> S) {
     let e = env(make);
@@ -809,8 +877,8 @@ macro_rules! conformance_suite {
             sync_rules, partial_sync_at_offset, overflow_is_clamped, min_align_mask_preserved,
             alloc_align_mask_honoured, max_mapping_size_is_exact, map_sg_all_or_nothing,
             exhaustion_is_an_error, bad_unmaps_change_nothing, bad_arguments_change_nothing,
-            dma_mask_respected, statistics_add_up, scrub_clears_buffers, concurrent_map_unmap,
-            random_sequences_match_model);
+            dma_mask_respected, statistics_add_up, scrub_clears_buffers, copies_each_direction_once,
+            hostile_host_cannot_reach_guest_memory, concurrent_map_unmap, random_sequences_match_model);
     };
     (@tests $make:expr; $($name:ident),* $(,)?) => {
         $(
