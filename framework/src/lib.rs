@@ -31,6 +31,7 @@ pub mod platform;
 pub mod shared;
 pub mod stats;
 pub mod strategy;
+pub mod xarray;
 
 #[cfg(feature = "sim")]
 pub mod sim;
@@ -52,3 +53,4 @@ pub use stats::{BounceSnapshot, BounceStats, DebugfsView, PoolStats, RefillStats
 pub use strategy::{
     AuditError, AuditReport, BackgroundReport, Located, ReleaseError, Released, Request, Reservation, Strategy,
 };
+pub use xarray::{AllocKind, XArray, XaError};

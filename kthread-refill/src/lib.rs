@@ -1,2 +1,48 @@
-//! The kccd refill engine.
-#![no_std]
+//! # bounce-refill: the kccd refill engine
+//!
+//! Everything a strategy built from size-classed pools of shared buffers needs, and no
+//! strategy logic:
+//!
+//! - [`class`]: size classes with low/high watermarks, a reserve and a chunk geometry;
+//!   the class choice that honours size, `alloc_align_mask` and the device's
+//!   `min_align_mask` offset; the `size:target[:low[:high]]` list parser.
+//! - [`chunk`]: one conversion batch carved into buffers, with lock-free per-buffer
+//!   in-flight records ([`Chunk::locate`] works for any address inside a mapping).
+//! - [`index`]: page frame number → chunk, on the framework's [`XArray`]; filled when a
+//!   chunk is carved, so the map path never inserts.
+//! - [`pool`]: a class's free buffers, per-chunk free stacks in intrusive lists.
+//! - [`pools`]: [`PoolSet`], the pools + index + engine: map-path operations
+//!   ([`PoolSet::pop`], [`PoolSet::commit`], [`PoolSet::release`], [`PoolSet::push`],
+//!   [`PoolSet::locate`]) and the background run ([`PoolSet::run`]): batched growth
+//!   with one conversion per batch, idle shrinking, the shared-memory cap, quarantine,
+//!   statistics, an audit.
+//! - [`runner`]: [`StepRunner`] (deterministic, virtual clock) and, with feature `std`,
+//!   `ThreadRunner`.
+//!
+//! `no_std` + `alloc`. The only `unsafe` is what `intrusive_adapter!` generates.
+//!
+//! [`XArray`]: bounce_framework::XArray
+#![cfg_attr(not(test), no_std)]
+#![deny(unsafe_code)]
+
+extern crate alloc;
+
+mod adapters;
+pub mod chunk;
+pub mod class;
+pub mod index;
+pub mod pool;
+pub mod pools;
+pub mod runner;
+
+pub use chunk::{BufState, Chunk, FreeBuffer};
+pub use class::{parse_classes, ClassChoice, ClassSpec, ClassTable, SizeClass, MAX_BUFFER_ALIGN, SEED_CLASSES};
+pub use index::ChunkIndex;
+pub use pool::{ClassPool, PoolAudit, PoolCounters};
+pub use pools::{
+    default_cap, EngineCounters, PoolConfig, PoolSet, SetAudit, DEFAULT_BATCH_PAGES, DEFAULT_IDLE_MS,
+    DEFAULT_RESERVE_PERCENT,
+};
+pub use runner::StepRunner;
+#[cfg(feature = "std")]
+pub use runner::{RunnerOptions, RunnerTotals, ThreadRunner};

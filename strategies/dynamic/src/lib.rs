@@ -1,3 +1,309 @@
-//! The dynamic strategy.
+//! # bounce-dynamic
+//!
+//! The dynamic strategy: the cc-swiotlb proposal (SPEC §5) done right. Buffers come in
+//! size classes, are converted to shared in batches by the background refill engine
+//! (kccd, [`bounce_refill`]) and handed out on the map path by popping a ready buffer;
+//! idle memory goes back to private; a cap bounds the total.
+//!
+//! ## What changed from the seed, and why
+//!
+//! | seed (RFC, 2023) | here |
+//! |---|---|
+//! | an `xa_insert` (`GFP_NOWAIT` allocation) on every map | the address index is filled when a chunk is carved; map only flips a per-buffer record |
+//! | one LIFO list per class | per-chunk free stacks, partial chunks in an address-ordered tree: use packs into few chunks, so whole chunks can drain and be returned |
+//! | never shrinks; unbounded | idle chunks above the high watermark return after `idle_ms`; a hard cap (`swiotlb.dynamic.cap=`) |
+//! | failure: "No memory for cc-swiotlb buffer" | an emergency reserve per class; a larger class serves while the engine catches up (never dipping into that class's reserve); then a counted [`MapError::NoBufferReady`] or [`MapError::CapReached`]: never a block, a conversion or an allocation on the map path |
+//! | partial sync copied from the wrong source offset | [`Strategy::locate`] returns `orig + (addr - start)` for any address inside a mapping |
+//! | size check ignored the offset inside the buffer | the class must hold `offset + size` |
+//! | largest class ignored the alignment offset | the same check for every class; `max_mapping_size` subtracts the worst-case offset |
+//! | conversion failures leak silently | the framework's `SharedMemory` quarantines and counts the pages; the pool keeps working |
+//!
+//! ## Mappings larger than the largest class
+//! Rejected with [`MapError::TooLarge`]: [`Strategy::max_mapping_size`] is the largest
+//! class minus the device's worst-case `min_align_mask` offset (512 KiB − offset with
+//! the default classes, twice Linux's 256 KiB). Serving larger mappings from several
+//! contiguous buffers would need a contiguity search over the free lists — the legacy
+//! allocator this strategy replaces — and no driver that works with Linux's swiotlb asks
+//! for more than 256 KiB (`swiotlb_max_mapping_size`), so a larger class is the simpler
+//! answer for whoever needs one (`swiotlb.dynamic.classes=`).
+//!
+//! ## Boot parameters
+//! | parameter | meaning | default |
+//! |---|---|---|
+//! | `swiotlb.dynamic.classes=<size>:<target>[:<low>[:<high>]],...` | size classes (power-of-two sizes, K/M suffixes) with their targets (free buffers kept ready) and optional low (wake) / high (shrink) watermarks | the seed's `512:256,2K:16384,4K:8192,16K:1024,512K:32`; low = target / 2, high = target |
+//! | `swiotlb.dynamic.cap=<size>` | cap on committed shared memory | `swiotlb=<slots>` × 2 KiB when given, else min(RAM / 4, 1 GiB) |
+//! | `swiotlb.dynamic.batch=<pages>` | pages per conversion batch | 1024 (`MAX_ORDER_NR_PAGES`) |
+//! | `swiotlb.dynamic.idle_ms=<ms>` | idle time before memory above the high watermark is returned | 1000 |
+//! | `swiotlb.dynamic.reserve=<percent>` | emergency reserve per class, % of its target (0–50); filled at boot | 10 |
+//! | `swiotlb.dynamic.limit=<size>` | pool pages must lie below this address | none |
+//! | `swiotlb.dynamic.fallback=on\|off` | let a request use a larger class when its own is empty | on |
+//!
+//! ## Context
+//! `reserve` takes one pool lock (O(log chunks), no allocation); `release` takes the
+//! index lock, then one pool lock; `locate` and `owns` take the index lock. None sleeps,
+//! allocates or converts. `run_background` and `audit` may sleep and allocate.
 #![no_std]
 #![forbid(unsafe_code)]
+
+extern crate alloc;
+
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use bounce_framework::{
+    AuditError, AuditReport, BackgroundReport, BootConfig, Device, InitError, Located, MapError, PhysAddr, Platform,
+    PoolStats, ReleaseError, Released, Request, Reservation, Strategy, IO_TLB_SIZE, PAGE_SIZE,
+};
+use bounce_refill::pools::MAX_BATCH_PAGES;
+use bounce_refill::{parse_classes, PoolConfig, PoolCounters, PoolSet, SizeClass};
+
+pub use bounce_refill;
+
+/// Configuration of [`Dynamic`]. `Default` is the documented default (see the crate
+/// documentation's table).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DynamicConfig {
+    /// Classes, batching, cap, idle time, reserve, address limit.
+    pub pools: PoolConfig,
+    /// Whether a request whose class is empty may use a larger class (above that
+    /// class's reserve).
+    pub fallback: bool,
+}
+
+impl Default for DynamicConfig {
+    fn default() -> Self {
+        Self { pools: PoolConfig::default(), fallback: true }
+    }
+}
+
+/// Map-path counters of [`Dynamic`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DynamicCounters {
+    /// Requests served by a larger class because their own was empty.
+    pub fallbacks: u64,
+    /// Requests refused with [`MapError::NoBufferReady`].
+    pub no_buffer: u64,
+    /// Requests refused with [`MapError::CapReached`].
+    pub cap_reached: u64,
+}
+
+/// One class as seen from outside: geometry and counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClassReport {
+    /// The class.
+    pub class: SizeClass,
+    /// Its pool's counters.
+    pub counters: PoolCounters,
+}
+
+/// The dynamic strategy (see the crate documentation).
+pub struct Dynamic<P: Platform> {
+    platform: P,
+    pools: PoolSet<P>,
+    fallback: bool,
+    fallbacks: AtomicU64,
+    no_buffer: AtomicU64,
+    cap_reached: AtomicU64,
+}
+
+impl<P: Platform> Dynamic<P> {
+    /// The boot name (`swiotlb.strategy=dynamic`).
+    pub const NAME: &'static str = "dynamic";
+    /// The `swiotlb.dynamic.*` parameters.
+    pub const PARAMS: &'static [&'static str] = &["classes", "cap", "batch", "idle_ms", "reserve", "limit", "fallback"];
+
+    /// Builds the strategy from the boot command line: `swiotlb.dynamic.*` (see the crate
+    /// documentation), and `swiotlb=<slots>` as the default cap.
+    ///
+    /// # Errors
+    /// [`InitError::Cmdline`] naming the offending token for malformed or unknown
+    /// parameters; otherwise as [`Dynamic::new`].
+    pub fn from_boot(platform: P, boot: &BootConfig) -> Result<Self, InitError> {
+        Self::new(platform, Self::config_from_boot(boot)?)
+    }
+
+    /// Parses the boot command line into a configuration (what [`Dynamic::from_boot`]
+    /// uses).
+    ///
+    /// # Errors
+    /// [`InitError::Cmdline`] naming the offending token.
+    pub fn config_from_boot(boot: &BootConfig) -> Result<DynamicConfig, InitError> {
+        let params = boot.params_for(Self::NAME);
+        params.check_known(Self::PARAMS)?;
+        let mut cfg = DynamicConfig::default();
+        if let Some(p) = params.get("classes") {
+            cfg.pools.classes = parse_classes(&p.token, &p.value)?;
+        }
+        if let Some(slots) = boot.swiotlb.nslabs {
+            cfg.pools.cap_bytes = Some(slots * IO_TLB_SIZE);
+        }
+        if let Some(cap) = params.size("cap", PAGE_SIZE as u64, 1 << 46)? {
+            cfg.pools.cap_bytes = Some(cap as usize);
+        }
+        if let Some(b) = params.number("batch", 1, MAX_BATCH_PAGES as u64)? {
+            cfg.pools.batch_pages = b as usize;
+        }
+        if let Some(ms) = params.number("idle_ms", 0, 24 * 3600 * 1000)? {
+            cfg.pools.idle_ms = ms;
+        }
+        if let Some(r) = params.number("reserve", 0, 50)? {
+            cfg.pools.reserve_percent = r as usize;
+        }
+        if let Some(l) = params.size("limit", 1 << 20, u64::MAX)? {
+            cfg.pools.limit = PhysAddr(l);
+        }
+        if let Some(f) = params.boolean("fallback")? {
+            cfg.fallback = f;
+        }
+        Ok(cfg)
+    }
+
+    /// Builds the strategy and fills every class's emergency reserve (boot context:
+    /// allocates and converts, may sleep). The rest of each target is filled by the
+    /// engine (`run_background`).
+    ///
+    /// # Errors
+    /// [`InitError::Config`] for settings out of range, [`InitError::Grow`] when the
+    /// reserves cannot be converted (cap, memory or conversion failure).
+    pub fn new(platform: P, config: DynamicConfig) -> Result<Self, InitError> {
+        let DynamicConfig { pools: pool_config, fallback } = config;
+        let pools = PoolSet::new(platform.clone(), &pool_config)?;
+        pools.fill_reserves()?;
+        Ok(Self {
+            platform,
+            pools,
+            fallback,
+            fallbacks: AtomicU64::new(0),
+            no_buffer: AtomicU64::new(0),
+            cap_reached: AtomicU64::new(0),
+        })
+    }
+
+    /// The pools (classes, index, engine).
+    pub fn pools(&self) -> &PoolSet<P> {
+        &self.pools
+    }
+
+    /// One engine run at `now` on the caller's clock (deterministic tests drive this
+    /// with a [`bounce_refill::StepRunner`]'s virtual clock).
+    pub fn run_background_at(&self, now: u64) -> BackgroundReport {
+        self.pools.run(now)
+    }
+
+    /// Whether the engine has work at `now` on the caller's clock.
+    pub fn background_pending_at(&self, now: u64) -> bool {
+        self.pools.pending(now)
+    }
+
+    /// Map-path counters.
+    pub fn counters(&self) -> DynamicCounters {
+        DynamicCounters {
+            fallbacks: self.fallbacks.load(Ordering::Relaxed),
+            no_buffer: self.no_buffer.load(Ordering::Relaxed),
+            cap_reached: self.cap_reached.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Every class with its counters (allocates: diagnostics).
+    pub fn class_reports(&self) -> Vec<ClassReport> {
+        (0..self.pools.table().len())
+            .map(|i| ClassReport { class: *self.pools.class(i), counters: self.pools.counters(i) })
+            .collect()
+    }
+
+    /// The class of the buffer holding `addr` (mapped or not), if any.
+    pub fn class_of(&self, addr: PhysAddr) -> Option<usize> {
+        self.pools.index().with(addr, |c| c.class())
+    }
+
+    fn refuse(&self, req: &Request, class: usize) -> MapError {
+        let c = self.pools.class(class);
+        if self.pools.shared().fits_cap(c.chunk_bytes()) {
+            self.no_buffer.fetch_add(1, Ordering::Relaxed);
+            MapError::NoBufferReady { size: req.size, class_size: c.size }
+        } else {
+            self.cap_reached.fetch_add(1, Ordering::Relaxed);
+            MapError::CapReached { size: req.size, cap_bytes: self.pools.cap_bytes() }
+        }
+    }
+}
+
+impl<P: Platform> Strategy for Dynamic<P> {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn reserve(&self, req: &Request) -> Result<Reservation, MapError> {
+        let choice = self.pools.table().choose(req)?;
+        let mut buf = self.pools.pop(choice.class, true);
+        if buf.is_none() && self.fallback {
+            // Larger classes are aligned at least as much and hold the request too.
+            for c in choice.class + 1..self.pools.table().len() {
+                buf = self.pools.pop(c, false);
+                if buf.is_some() {
+                    self.fallbacks.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+            }
+        }
+        let Some(buf) = buf else { return Err(self.refuse(req, choice.class)) };
+        let addr = self.pools.commit(buf, req.orig, choice.offset, req.alloc_size);
+        Ok(Reservation { addr })
+    }
+
+    fn release(&self, addr: PhysAddr) -> Result<Released, ReleaseError> {
+        let (buf, rel) = self.pools.release(addr)?;
+        self.pools.push(buf);
+        Ok(rel)
+    }
+
+    fn locate(&self, addr: PhysAddr) -> Option<Located> {
+        self.pools.locate(addr)
+    }
+
+    fn owns(&self, addr: PhysAddr) -> bool {
+        self.pools.owns(addr)
+    }
+
+    fn max_mapping_size(&self, dev: &Device) -> usize {
+        self.pools.table().max_mapping_size(dev.min_align_mask)
+    }
+
+    fn addressing_limit(&self) -> PhysAddr {
+        self.pools.limit()
+    }
+
+    fn stats(&self) -> PoolStats {
+        self.pools.pool_stats()
+    }
+
+    fn reset_hiwater(&self) {
+        self.pools.usage().reset_hiwater();
+    }
+
+    fn background_pending(&self) -> bool {
+        self.pools.pending(self.platform.now_ns())
+    }
+
+    fn run_background(&self) -> BackgroundReport {
+        self.pools.run(self.platform.now_ns())
+    }
+
+    fn audit(&self) -> Result<AuditReport, AuditError> {
+        let a = self.pools.audit()?;
+        let t = a.totals;
+        if t.held != 0 {
+            return Err(AuditError(alloc::format!(
+                "{} buffers are out of their pools but not in flight (leaked)",
+                t.held
+            )));
+        }
+        Ok(AuditReport {
+            live_mappings: t.in_flight,
+            used_bytes: t.in_flight_bytes,
+            free_bytes: t.free_bytes,
+            owned_bytes: t.owned_bytes,
+            quarantined_pages: a.quarantined_pages,
+        })
+    }
+}

@@ -1,0 +1,106 @@
+//! Boot command line: `swiotlb.dynamic.*` and `swiotlb=`.
+
+use bounce_dynamic::{Dynamic, DynamicConfig};
+use bounce_framework::sim::{PlatformKind, SimGuest};
+use bounce_framework::{BootConfig, CmdlineError, InitError, PhysAddr, Strategy};
+use bounce_refill::{ClassSpec, SEED_CLASSES};
+
+const KNOWN: &[&str] = &["legacy", "dynamic", "magazine"];
+
+fn config(cmdline: &str) -> Result<DynamicConfig, InitError> {
+    Dynamic::<SimGuest>::config_from_boot(&BootConfig::parse(cmdline, KNOWN).unwrap())
+}
+
+#[test]
+fn defaults_are_the_seed() {
+    let cfg = config("console=ttyS0 swiotlb.strategy=dynamic").unwrap();
+    assert_eq!(cfg, DynamicConfig::default());
+    assert_eq!(cfg.pools.classes, SEED_CLASSES);
+    assert_eq!(cfg.pools.batch_pages, 1024);
+    assert_eq!(cfg.pools.cap_bytes, None);
+    assert!(cfg.fallback);
+    // On the suite's 128 MiB guest the default cap is a quarter of RAM, and the boot
+    // fill (the reserves) fits under it.
+    let g = SimGuest::with(PlatformKind::Tdx, 128 << 20, 2);
+    let s = Dynamic::from_boot(g.clone(), &BootConfig::parse("swiotlb.strategy=dynamic", KNOWN).unwrap()).unwrap();
+    assert_eq!(s.pools().cap_bytes(), 32 << 20);
+    assert_eq!(s.name(), "dynamic");
+    let st = s.stats();
+    assert!(st.conversions.shared_bytes > 0 && st.conversions.shared_bytes <= 32 << 20);
+    for (i, c) in SEED_CLASSES.iter().enumerate() {
+        assert!(s.pools().pool(i).ready() >= c.target / 10, "class {} reserve filled at boot", c.size);
+    }
+    s.audit().unwrap();
+}
+
+#[test]
+fn every_parameter_is_read() {
+    let cfg = config(
+        "swiotlb.dynamic.classes=1K:100,8K:50:10:200 swiotlb.dynamic.cap=8M swiotlb.dynamic.batch=256 \
+         swiotlb.dynamic.idle_ms=50 swiotlb.dynamic.reserve=0 swiotlb.dynamic.fallback=off swiotlb.dynamic.limit=4G",
+    )
+    .unwrap();
+    assert_eq!(
+        cfg.pools.classes,
+        [ClassSpec::new(1024, 100), ClassSpec { size: 8192, target: 50, low: Some(10), high: Some(200) }]
+    );
+    assert_eq!(cfg.pools.cap_bytes, Some(8 << 20));
+    assert_eq!(cfg.pools.batch_pages, 256);
+    assert_eq!(cfg.pools.idle_ms, 50);
+    assert_eq!(cfg.pools.reserve_percent, 0);
+    assert!(!cfg.fallback);
+    assert_eq!(cfg.pools.limit, PhysAddr(4 << 30));
+    let g = SimGuest::with(PlatformKind::Tdx, 64 << 20, 2);
+    let s = Dynamic::new(g, cfg).unwrap();
+    assert_eq!(s.addressing_limit(), PhysAddr(4 << 30));
+}
+
+#[test]
+fn swiotlb_slots_set_the_default_cap_and_cap_overrides_it() {
+    assert_eq!(config("swiotlb=16384").unwrap().pools.cap_bytes, Some(32 << 20));
+    assert_eq!(config("swiotlb=16384 swiotlb.dynamic.cap=0x800000").unwrap().pools.cap_bytes, Some(8 << 20));
+}
+
+#[test]
+fn malformed_values_name_their_token() {
+    for tok in [
+        "swiotlb.dynamic.classes=512:abc",
+        "swiotlb.dynamic.classes=500:10",
+        "swiotlb.dynamic.classes=4K:10,2K:10",
+        "swiotlb.dynamic.classes=512",
+        "swiotlb.dynamic.cap=12Q",
+        "swiotlb.dynamic.cap=100",
+        "swiotlb.dynamic.batch=0",
+        "swiotlb.dynamic.batch=1048576",
+        "swiotlb.dynamic.idle_ms=-1",
+        "swiotlb.dynamic.reserve=60",
+        "swiotlb.dynamic.fallback=maybe",
+        "swiotlb.dynamic.limit=1K",
+    ] {
+        match config(tok) {
+            Err(InitError::Cmdline(e)) => assert!(e.to_string().contains(tok), "{tok}: {e}"),
+            other => panic!("{tok}: {other:?}"),
+        }
+    }
+    match config("swiotlb.dynamic.slots=3") {
+        Err(InitError::Cmdline(CmdlineError::UnknownParam { param, .. })) => assert_eq!(param, "slots"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn impossible_settings_are_config_errors() {
+    let g = SimGuest::with(PlatformKind::Tdx, 64 << 20, 2);
+    let boot = BootConfig::parse("swiotlb.dynamic.cap=64K", KNOWN).unwrap();
+    match Dynamic::from_boot(g.clone(), &boot) {
+        Err(InitError::Config(m)) => assert!(m.contains("cannot hold one chunk"), "{m}"),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("a 64 KiB cap cannot hold the seed's chunks"),
+    }
+    // Reserves larger than the cap: the boot fill fails with a grow error.
+    let boot =
+        BootConfig::parse("swiotlb.dynamic.classes=4K:4096 swiotlb.dynamic.reserve=50 swiotlb.dynamic.cap=4M", KNOWN)
+            .unwrap();
+    assert!(matches!(Dynamic::from_boot(g.clone(), &boot), Err(InitError::Grow(_))));
+    assert_eq!(g.stats().shared_pages, 0, "a failed boot leaves nothing shared");
+}
