@@ -46,7 +46,7 @@ pub use bouncer::{Bouncer, BouncerOptions, SgEntry, SgError};
 pub use cmdline::{BootConfig, ForceMode, StrategyParams, SwiotlbParam};
 pub use dma::{Device, DmaAttrs, DmaDirection};
 pub use error::{CmdlineError, FailureReason, GrowError, InitError, LookupError, MapError, PlatformError};
-pub use lock::{IrqControl, IrqMutex, IrqMutexGuard, IrqState, NoIrq, RawIrqLock, SpinIrqLock};
+pub use lock::{IrqControl, IrqGuards, IrqMutex, IrqMutexGuard, IrqState, NoIrq, RawIrqLock, SpinIrqLock};
 pub use platform::{AllocContext, BouncedEvent, LogLevel, PageRequest, Platform};
 pub use shared::{ConversionStats, SharedMemory};
 pub use stats::{BounceSnapshot, BounceStats, DebugfsView, PoolStats, RefillStats, UsageCounter};

@@ -9,11 +9,24 @@
 //! A lock may be taken with IRQs on or off. Code holding an [`IrqMutex`] must not sleep,
 //! allocate, or convert pages.
 
-use core::cell::UnsafeCell;
-use core::hint::spin_loop;
 use core::marker::PhantomData;
 use core::ops::{Deref, DerefMut};
-use core::sync::atomic::{AtomicBool, Ordering};
+
+// Loom facade: under `--cfg loom` the lock word, the spin hint and the protected cell are
+// loom's, so loom models (e.g. `bounce-magazine`'s tests/loom.rs) check this very code:
+// `SpinIrqLock`'s acquire/release pairing and every access `IrqMutex` hands out.
+#[cfg(loom)]
+use loom::{
+    cell::UnsafeCell,
+    hint::spin_loop,
+    sync::atomic::{AtomicBool, Ordering},
+};
+#[cfg(not(loom))]
+use {
+    core::cell::UnsafeCell,
+    core::hint::spin_loop,
+    core::sync::atomic::{AtomicBool, Ordering},
+};
 
 /// The interrupt state saved by [`RawIrqLock::lock_irqsave`] (the kernel's `flags`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -149,8 +162,26 @@ impl<R: RawIrqLock, T> IrqMutex<R, T> {
     }
 
     /// Mutable access without locking, through exclusive ownership.
+    #[cfg(not(loom))]
     pub fn get_mut(&mut self) -> &mut T {
         self.data.get_mut()
+    }
+
+    /// Mutable access without locking, through exclusive ownership.
+    #[cfg(loom)]
+    pub fn get_mut(&mut self) -> &mut T {
+        // SAFETY: `&mut self` excludes every other access to the data.
+        unsafe { &mut *self.data_ptr() }
+    }
+
+    /// The protected data's address. Under loom every call is recorded as a mutable
+    /// access, which loom checks against concurrent ones.
+    #[inline]
+    fn data_ptr(&self) -> *mut T {
+        #[cfg(loom)]
+        return self.data.with_mut(|p| p);
+        #[cfg(not(loom))]
+        return self.data.get();
     }
 
     /// The protected value, consuming the mutex.
@@ -177,7 +208,7 @@ impl<R: RawIrqLock, T> Deref for IrqMutexGuard<'_, R, T> {
     fn deref(&self) -> &T {
         // SAFETY: the guard exists only while the lock is held, so no other reference
         // to the data is live.
-        unsafe { &*self.mutex.data.get() }
+        unsafe { &*self.mutex.data_ptr() }
     }
 }
 
@@ -185,7 +216,7 @@ impl<R: RawIrqLock, T> DerefMut for IrqMutexGuard<'_, R, T> {
     #[inline]
     fn deref_mut(&mut self) -> &mut T {
         // SAFETY: as in `deref`; `&mut self` makes this the only access through the guard.
-        unsafe { &mut *self.mutex.data.get() }
+        unsafe { &mut *self.mutex.data_ptr() }
     }
 }
 
@@ -198,11 +229,111 @@ impl<R: RawIrqLock, T> Drop for IrqMutexGuard<'_, R, T> {
     }
 }
 
+/// Several [`IrqMutex`] guards held at once, released in reverse order of acquisition.
+///
+/// Each guard restores the interrupt state its own `lock_irqsave` saved, so guards must
+/// be dropped last-in first-out: releasing the first lock first would turn interrupts
+/// back on while the others are still held (a deadlock as soon as an interrupt handler
+/// maps on this CPU). A `Vec` of guards drops front to back; this type does it right.
+/// Capacity is reserved before any lock is taken, so nothing allocates with interrupts
+/// off.
+///
+/// # Context
+/// Process context (allocates the guard array before locking).
+pub struct IrqGuards<'a, R: RawIrqLock, T> {
+    guards: alloc::vec::Vec<IrqMutexGuard<'a, R, T>>,
+}
+
+impl<'a, R: RawIrqLock, T> IrqGuards<'a, R, T> {
+    /// Locks every mutex of `mutexes` in order.
+    pub fn lock_all<I>(mutexes: I) -> Self
+    where
+        I: IntoIterator<Item = &'a IrqMutex<R, T>>,
+        I::IntoIter: ExactSizeIterator,
+    {
+        let it = mutexes.into_iter();
+        let mut guards = alloc::vec::Vec::with_capacity(it.len());
+        for m in it {
+            guards.push(m.lock());
+        }
+        Self { guards }
+    }
+
+    /// The guards, in acquisition order.
+    pub fn iter(&self) -> impl Iterator<Item = &IrqMutexGuard<'a, R, T>> {
+        self.guards.iter()
+    }
+
+    /// The guards, mutably, in acquisition order.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut IrqMutexGuard<'a, R, T>> {
+        self.guards.iter_mut()
+    }
+
+    /// Number of guards held.
+    pub fn len(&self) -> usize {
+        self.guards.len()
+    }
+
+    /// Whether no guard is held.
+    pub fn is_empty(&self) -> bool {
+        self.guards.is_empty()
+    }
+}
+
+impl<'a, R: RawIrqLock, T> core::ops::Index<usize> for IrqGuards<'a, R, T> {
+    type Output = T;
+    fn index(&self, i: usize) -> &T {
+        &self.guards[i]
+    }
+}
+
+impl<R: RawIrqLock, T> Drop for IrqGuards<'_, R, T> {
+    fn drop(&mut self) {
+        while let Some(g) = self.guards.pop() {
+            drop(g);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::Arc;
     use std::thread;
+
+    /// Records the interrupt "enabled" state like a CPU would.
+    struct RecIrq;
+    std::thread_local! {
+        static IRQS_ON: core::cell::Cell<bool> = const { core::cell::Cell::new(true) };
+    }
+    impl IrqControl for RecIrq {
+        fn save_disable() -> IrqState {
+            let was = IRQS_ON.with(|c| c.replace(false));
+            IrqState(usize::from(was))
+        }
+        fn restore(state: IrqState) {
+            IRQS_ON.with(|c| c.set(state.0 == 1));
+        }
+    }
+
+    #[test]
+    fn irq_guards_release_lifo_and_keep_irqs_off_until_the_last() {
+        let ms: std::vec::Vec<IrqMutex<SpinIrqLock<RecIrq>, u32>> = (0..4).map(IrqMutex::new).collect();
+        {
+            let g = IrqGuards::lock_all(&ms);
+            assert_eq!(g.len(), 4);
+            assert_eq!(g[2], 2);
+            assert!(!IRQS_ON.with(core::cell::Cell::get));
+        }
+        assert!(IRQS_ON.with(core::cell::Cell::get), "interrupts must be back on after the last release");
+        // A Vec of guards drops front to back: interrupts come back on while three locks
+        // are still held. This is the bug IrqGuards exists to prevent.
+        let v: std::vec::Vec<_> = ms.iter().map(IrqMutex::lock).collect();
+        let mut v = v.into_iter();
+        drop(v.next());
+        assert!(IRQS_ON.with(core::cell::Cell::get), "front-to-back release re-enables interrupts too early");
+        drop(v);
+    }
 
     #[test]
     fn spin_irq_lock_excludes() {

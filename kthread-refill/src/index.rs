@@ -111,11 +111,39 @@ impl<L: RawIrqLock> ChunkIndex<L> {
     /// # Errors
     /// An [`AuditError`] naming the first inconsistent entry.
     pub fn chunks(&self) -> Result<Vec<Arc<Chunk>>, AuditError> {
+        // Count under the lock, allocate with no lock held, then fill under the lock:
+        // nothing allocates while the (IRQ-off) index lock is held. Chunks carved in
+        // between make the fill overflow; then count again.
+        let entries = loop {
+            let n = {
+                let g = self.xa.lock();
+                let (mut n, mut at) = (0usize, 0usize);
+                while let Some((pfn, _)) = g.find(at) {
+                    n += 1;
+                    at = pfn + 1;
+                }
+                n
+            };
+            let mut v: Vec<(usize, Arc<Chunk>)> = Vec::with_capacity(n + 16);
+            let g = self.xa.lock();
+            let mut at = 0usize;
+            let mut fits = true;
+            while let Some((pfn, c)) = g.find(at) {
+                if v.len() == v.capacity() {
+                    fits = false;
+                    break;
+                }
+                v.push((pfn, Arc::clone(c)));
+                at = pfn + 1;
+            }
+            drop(g);
+            if fits {
+                break v;
+            }
+        };
         let mut seen: BTreeMap<u64, (Arc<Chunk>, usize)> = BTreeMap::new();
-        let g = self.xa.lock();
-        let mut at = 0usize;
-        while let Some((pfn, c)) = g.find(at) {
-            let addr = PhysAddr((pfn as u64) << bounce_framework::PAGE_SHIFT);
+        for (pfn, c) in &entries {
+            let addr = PhysAddr((*pfn as u64) << bounce_framework::PAGE_SHIFT);
             if !c.contains(addr) {
                 return Err(AuditError(format!("index: page {addr} points at {c:?}, which does not hold it")));
             }
@@ -124,9 +152,7 @@ impl<L: RawIrqLock> ChunkIndex<L> {
                 return Err(AuditError(format!("index: two chunks at {}", c.base())));
             }
             e.1 += 1;
-            at = pfn + 1;
         }
-        drop(g);
         let mut out = Vec::with_capacity(seen.len());
         let mut prev_end = PhysAddr(0);
         for (_, (c, n)) in seen {
