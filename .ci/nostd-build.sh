@@ -3,6 +3,7 @@
 #
 #   .ci/nostd-build.sh CRATE...                 # CI proof: these crates build no_std
 #   .ci/nostd-build.sh --staticlib CRATE OUT    # kernel static library (OUT.a or OUT.o)
+#   .ci/nostd-build.sh --check-object OBJ.o     # only run the object checks
 #
 # Uses Debian's Rust (rustc-web/cargo-web/rust-web-src, /usr/bin) with
 # RUSTC_BOOTSTRAP=1 and -Zbuild-std=core,alloc for the custom target in
@@ -15,10 +16,14 @@
 #   BOUNCE_TOOLCHAIN_DIR    dir with the target JSON + kernel-target.toml
 #                           (default: <repo>/kernel-binding/toolchain)
 #   BOUNCE_KERNEL_TARGET_DIR  CARGO_TARGET_DIR (default: <workspace>/target/kernel)
+#   BOUNCE_TARGET_NAME      target JSON stem (default: x86_64-bounce-kernel)
 #   BOUNCE_KERNEL_PROFILE   cargo profile (default: kernel, defined in kernel-target.toml)
-#   BOUNCE_KERNEL_RETPOLINE=1  add retpoline/rethunk codegen flags (for kernels
-#                           with CONFIG_MITIGATION_RETPOLINE/RETHUNK) and allow
-#                           the __x86_indirect_thunk_* / __x86_return_thunk refs
+#   BOUNCE_KERNEL_CONFIG    path to the kernel's .config: adds the codegen flags
+#                           that config needs (retpoline, rethunk, IBT, call
+#                           padding, SLS) and allows the thunk symbols they
+#                           reference. Without it: flags for a kernel with none
+#                           of those (tinyconfig-based).
+#   BOUNCE_KERNEL_RETPOLINE=1  shortcut: retpoline + rethunk flags only
 #   BOUNCE_KERNEL_EXTRA_RUSTFLAGS  extra flags appended for the target crates
 #   BOUNCE_EXPORT_PREFIX    exported symbol prefix (default: bounce_)
 #   BOUNCE_HOST_PREFIX      kernel-provided hook prefix (default: bounce_host_)
@@ -34,7 +39,7 @@ script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo_root=$(cd "$script_dir/.." && pwd)
 WORKSPACE=$(cd "${BOUNCE_WORKSPACE:-$repo_root}" && pwd)
 TOOLCHAIN_DIR=$(cd "${BOUNCE_TOOLCHAIN_DIR:-$repo_root/kernel-binding/toolchain}" && pwd)
-TARGET_NAME=x86_64-bounce-kernel
+TARGET_NAME="${BOUNCE_TARGET_NAME:-x86_64-bounce-kernel}"   # = JSON file stem
 TARGET_JSON="$TOOLCHAIN_DIR/$TARGET_NAME.json"
 KERNEL_CONFIG="$TOOLCHAIN_DIR/kernel-target.toml"
 TARGET_DIR="${BOUNCE_KERNEL_TARGET_DIR:-$WORKSPACE/target/kernel}"
@@ -50,7 +55,7 @@ ALLOWED_UNDEF=(memcpy memmove memset memcmp bcmp strlen "${HOST_PREFIX}*")
 KERNEL_MEM_SYMS=(memcpy memmove memset memcmp bcmp strlen)
 
 usage() {
-  sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -65,7 +70,7 @@ rustc_ok() {
 }
 binutils_ok() {
   local t
-  for t in ld objcopy nm readelf objdump ar; do command -v "$t" >/dev/null || return 1; done
+  for t in ld objcopy nm readelf objdump ar size; do command -v "$t" >/dev/null || return 1; done
 }
 ensure_toolchain() {
   if rustc_ok && binutils_ok; then return 0; fi
@@ -82,16 +87,47 @@ ensure_toolchain() {
     "${apt[@]}" install "${pkgs[@]}" >&2 || die "apt-get install ${pkgs[*]} failed"
   fi
   rustc_ok || die "/usr/bin/rustc is not Rust >= 1.$MIN_RUSTC_MINOR with library source after install ($(/usr/bin/rustc -V 2>&1 || true))"
-  binutils_ok || die "binutils (ld objcopy nm readelf objdump ar) missing after install"
+  binutils_ok || die "binutils (ld objcopy nm readelf objdump ar size) missing after install"
 }
 
-# Run Debian's cargo for the kernel target. Extra args are passed to cargo build.
-kcargo() {
-  local extra_flags=()
-  if [ "${BOUNCE_KERNEL_RETPOLINE:-0}" = 1 ]; then
-    extra_flags+=(-Ctarget-feature=+retpoline-external-thunk,+retpoline-indirect-branches,+retpoline-indirect-calls
-                  -Zretpoline-external-thunk -Zindirect-branch-cs-prefix -Zfunction-return=thunk-extern)
+# Codegen flags and extra allowed undefined symbols for the kernel .config
+# (mirrors arch/x86/Makefile and the top Makefile of Linux 6.12).
+KCONFIG_FLAGS=()
+kconfig_has() { grep -Eq "^CONFIG_($1)=y" "$BOUNCE_KERNEL_CONFIG"; }
+apply_kernel_config() {
+  local retpoline=0 rethunk=0
+  if [ -n "${BOUNCE_KERNEL_CONFIG:-}" ]; then
+    [ -f "$BOUNCE_KERNEL_CONFIG" ] || die "BOUNCE_KERNEL_CONFIG=$BOUNCE_KERNEL_CONFIG: no such file"
+    kconfig_has 'MITIGATION_RETPOLINE|RETPOLINE' && retpoline=1
+    kconfig_has 'MITIGATION_RETHUNK|RETHUNK' && rethunk=1
+    if kconfig_has X86_KERNEL_IBT; then
+      KCONFIG_FLAGS+=(-Zcf-protection=branch -Cjump-tables=n)
+    fi
+    if kconfig_has CALL_PADDING; then
+      local pad
+      pad=$(sed -n 's/^CONFIG_FUNCTION_PADDING_BYTES=\([0-9]*\)$/\1/p' "$BOUNCE_KERNEL_CONFIG")
+      [ -n "$pad" ] && KCONFIG_FLAGS+=("-Zpatchable-function-entry=$pad,$pad")
+    fi
+    if kconfig_has 'MITIGATION_SLS|SLS'; then
+      KCONFIG_FLAGS+=(-Ctarget-feature=+harden-sls-ijmp,+harden-sls-ret)
+    fi
   fi
+  if [ "${BOUNCE_KERNEL_RETPOLINE:-0}" = 1 ]; then retpoline=1; rethunk=1; fi
+  if [ "$retpoline" = 1 ]; then
+    KCONFIG_FLAGS+=(-Zretpoline-external-thunk -Zindirect-branch-cs-prefix)
+    ALLOWED_UNDEF+=("__x86_indirect_thunk_*" "__x86_indirect_jump_thunk_*" "__x86_indirect_call_thunk_*")
+  fi
+  if [ "$rethunk" = 1 ]; then
+    KCONFIG_FLAGS+=(-Zfunction-return=thunk-extern)
+    ALLOWED_UNDEF+=("__x86_return_thunk")
+  fi
+  if [ ${#KCONFIG_FLAGS[@]} -gt 0 ]; then say "kernel-config codegen flags: ${KCONFIG_FLAGS[*]}"; fi
+}
+
+# Run Debian's cargo for the kernel target: kcargo build|rustc ARGS...
+kcargo() {
+  local sub=$1; shift
+  local extra_flags=("${KCONFIG_FLAGS[@]}")
   # shellcheck disable=SC2206
   [ -n "${BOUNCE_KERNEL_EXTRA_RUSTFLAGS:-}" ] && extra_flags+=(${BOUNCE_KERNEL_EXTRA_RUSTFLAGS})
   local cfg_extra=()
@@ -111,7 +147,7 @@ kcargo() {
           RUSTUP_TOOLCHAIN CARGO_TARGET_DIR CARGO_BUILD_TARGET_DIR
     export PATH="/usr/bin:$PATH" RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc \
            RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR="$TARGET_DIR"
-    /usr/bin/cargo --config "$KERNEL_CONFIG" "${cfg_extra[@]}" build \
+    /usr/bin/cargo --config "$KERNEL_CONFIG" "${cfg_extra[@]}" "$sub" \
       -j "$JOBS" --target "$TARGET_JSON" --profile "$PROFILE" --no-default-features "$@"
   )
 }
@@ -120,7 +156,9 @@ explain_build_failure() {
   local log=$1
   if grep -q "can't find crate for \`std\`" "$log"; then
     echo "nostd-build: ERROR: something in the dependency graph links \`std\`:" >&2
-    grep -B2 -A8 "can't find crate for \`std\`" "$log" | grep -E '^\s*-->|Compiling|error' | sed 's/^/    /' >&2 || true
+    grep -A2 "can't find crate for \`std\`" "$log" | grep -E '^\s*-->' | sort -u | sed 's/^/    /' >&2 || true
+    grep -E "^error: could not compile" "$log" | sed 's/^error: could not compile/    culprit: could not compile/' >&2 || true
+    echo "    find who enables std with:  cargo tree -e features -i <culprit> (with the same -p list)" >&2
     echo "    (a crate, or a dependency pulled with default features/std feature on," >&2
     echo "     uses std; check default-features = false and feature unification)" >&2
   fi
@@ -129,16 +167,56 @@ explain_build_failure() {
   fi
 }
 
+# The target spec, as rustc normalises it, must have every kernel property.
+# (rustc omits fields equal to their defaults: plt-by-default true, PIE off,
+# stack-probes none, os "none".)
+verify_target_spec() {
+  local spec bad=0
+  spec=$(cd / && RUSTC_BOOTSTRAP=1 /usr/bin/rustc -Zunstable-options --print target-spec-json \
+         --target "$TARGET_JSON" 2>&1) || die "rustc rejects $TARGET_JSON: $spec"
+  local want
+  for want in '"relocation-model": "static"' '"code-model": "kernel"' '"disable-redzone": true' \
+              '"panic-strategy": "abort"' '"rustc-abi": "softfloat"' '+soft-float' '-sse,' '-sse2,' '-avx,' '-mmx,'; do
+    grep -qF -- "$want" <<<"$spec" || { say "target spec lacks $want"; bad=1; }
+  done
+  local unwanted
+  for unwanted in '"plt-by-default": false' '"position-independent-executables": true' \
+                  '"static-position-independent-executables": true' '"os": "linux"'; do
+    grep -qF -- "$unwanted" <<<"$spec" && { say "target spec has $unwanted"; bad=1; }
+  done
+  # compiler_builtins' build.rs turns on its weak memcpy & co for any target
+  # name containing "-none" (also wasm/uefi/nvptx/sgx/xous).
+  case "$TARGET_NAME" in *-none*|*uefi*|*nvptx*|*wasm*|*sgx*|*xous*)
+    say "target name '$TARGET_NAME' makes compiler_builtins define memcpy & co"; bad=1 ;;
+  esac
+  [ "$bad" = 0 ] || die "target spec $TARGET_JSON is not fit for the kernel"
+}
+
+# Every named crate must be a workspace member (cargo's own error for a
+# non-member with --no-default-features is the cryptic "cannot specify
+# features for packages outside of workspace").
+check_members() {
+  local members c
+  members=$(cd "$WORKSPACE" && RUSTC=/usr/bin/rustc /usr/bin/cargo metadata --no-deps --format-version 1 2>/dev/null \
+            | grep -o '"name":"[^"]*","version":"' | sed 's/"name":"\([^"]*\)".*/\1/') \
+    || die "cargo metadata failed in $WORKSPACE"
+  for c in "$@"; do
+    grep -qx -- "$c" <<<"$members" || die "'$c' is not a package of the workspace $WORKSPACE (members: $(tr '\n' ' ' <<<"$members"))"
+  done
+}
+
 # ---------------------------------------------------------------- rlib mode
 build_rlibs() {
+  local sub=build
   [ $# -ge 1 ] || usage
+  check_members "$@"
   local pkgs=() c
   for c in "$@"; do pkgs+=(-p "$c"); done
   local log
   log=$(mktemp)
   say "building no_std for $TARGET_NAME: $*"
   say "toolchain: $(/usr/bin/rustc -V)"
-  if ! kcargo "${pkgs[@]}" 2>&1 | tee "$log" >&2; then
+  if ! kcargo "$sub" "${pkgs[@]}" 2>&1 | tee "$log" >&2; then
     explain_build_failure "$log"
     rm -f "$log"
     die "no_std build of: $* failed"
@@ -147,10 +225,10 @@ build_rlibs() {
   # build-std only builds core/alloc/compiler_builtins; a libstd here would
   # mean someone smuggled std in (e.g. a prebuilt sysroot for this target).
   local deps="$TARGET_DIR/$TARGET_NAME/$PROFILE/deps"
-  if ls "$deps"/libstd-*.rlib >/dev/null 2>&1; then
+  if ls "$deps"/libstd-*.rlib "$deps"/libstd-*.rmeta >/dev/null 2>&1; then
     die "libstd was built for $TARGET_NAME in $deps"
   fi
-  say "OK: $* build as no_std (core+alloc only) for $TARGET_NAME"
+  say "OK: $* ${sub} as no_std (core+alloc only) for $TARGET_NAME"
 }
 
 # ---------------------------------------------------------------- staticlib mode
@@ -237,7 +315,8 @@ check_object() {
       ''|.text|.text.unlikely|.text.unlikely.*|.text.hot|.text.hot.*) ;;
       .rodata|.rodata.*|.data.rel.ro|.data.rel.ro.*|.data|.bss) ;;
       .rela.text|.rela.text.unlikely*|.rela.text.hot*|.rela.rodata*|.rela.data.rel.ro*|.rela.data) ;;
-      .note.GNU-stack|.symtab|.strtab|.shstrtab|.debug_*|.rela.debug_*) ;;
+      .note.GNU-stack|.comment|.symtab|.strtab|.shstrtab|.debug_*|.rela.debug_*) ;;
+      .note.gnu.property|__patchable_function_entries|.rela__patchable_function_entries) ;;  # discarded by vmlinux.lds
       *) fail_check "section '$sec' would be an orphan in the kernel link (or is unsupported: ctors/TLS/GOT/unwind)" ;;
     esac
   done < "$tmp/sections"
@@ -260,11 +339,15 @@ build_staticlib() {
   [ $# -eq 2 ] || usage
   local crate=$1 out=$2
   case "$out" in /*) ;; *) out="$PWD/$out" ;; esac
+  check_members "$crate"
   local log
   log=$(mktemp)
   say "building staticlib $crate for $TARGET_NAME (profile $PROFILE)"
   say "toolchain: $(/usr/bin/rustc -V)"
-  if ! kcargo -p "$crate" --lib --message-format=json-render-diagnostics > "$log"; then
+  # `cargo rustc --crate-type staticlib`: the crate's Cargo.toml need not list
+  # staticlib (host builds keep their own crate types).
+  if ! kcargo rustc -p "$crate" --lib --crate-type staticlib \
+         --message-format=json-render-diagnostics > "$log"; then
     explain_build_failure "$log"
     rm -f "$log"
     die "staticlib build of $crate failed"
@@ -272,13 +355,16 @@ build_staticlib() {
   local archive
   archive=$(grep '"reason":"compiler-artifact"' "$log" | grep -o '"[^"]*\.a"' | tr -d '"' | tail -1 || true)
   rm -f "$log"
-  [ -n "$archive" ] && [ -f "$archive" ] || die "$crate produced no .a (is crate-type = [\"staticlib\"] set?)"
+  [ -n "$archive" ] && [ -f "$archive" ] || die "cargo produced no .a for $crate"
   say "archive: $archive ($(stat -c %s "$archive") bytes)"
 
   local tmp
   tmp=$(mktemp -d)
-  # exported entry points = global definitions with the export prefix
-  nm -g --defined-only "$archive" 2>/dev/null | awk 'NF == 3 {print $3}' \
+  # exported entry points = global definitions with the export prefix.
+  # readelf, not nm: nm goes through binutils' LLVM plugin, which fails on
+  # members carrying embedded bitcode and then reports "no symbols".
+  readelf -sW "$archive" 2>/dev/null \
+    | awk '$5 == "GLOBAL" && $7 != "UND" && $6 == "DEFAULT" {print $8}' \
     | grep "^${EXPORT_PREFIX}" | grep -v "^${HOST_PREFIX}" | sort -u > "$tmp/keep" || true
   [ -s "$tmp/keep" ] || die "$crate exports no ${EXPORT_PREFIX}* symbols (#[no_mangle] pub extern \"C\" fn ${EXPORT_PREFIX}...)"
 
@@ -315,20 +401,33 @@ build_staticlib() {
 }
 
 # ---------------------------------------------------------------- main
-[ $# -ge 1 ] || usage
-[ -f "$TARGET_JSON" ] || die "missing $TARGET_JSON"
-[ -f "$KERNEL_CONFIG" ] || die "missing $KERNEL_CONFIG"
-[ -f "$WORKSPACE/Cargo.toml" ] || die "no Cargo.toml in $WORKSPACE"
-if [ "${BOUNCE_KERNEL_RETPOLINE:-0}" = 1 ]; then
-  ALLOWED_UNDEF+=("__x86_indirect_thunk_*" "__x86_return_thunk" "__x86_indirect_jump_thunk_*")
-fi
-# shellcheck disable=SC2206
-[ -n "${BOUNCE_ALLOW_UNDEF:-}" ] && ALLOWED_UNDEF+=(${BOUNCE_ALLOW_UNDEF})
-ensure_toolchain
+main() {
+  [ $# -ge 1 ] || usage
+  [ -f "$TARGET_JSON" ] || die "missing $TARGET_JSON"
+  [ -f "$KERNEL_CONFIG" ] || die "missing $KERNEL_CONFIG"
+  [ -f "$WORKSPACE/Cargo.toml" ] || die "no Cargo.toml in $WORKSPACE"
+  apply_kernel_config
+  # shellcheck disable=SC2206
+  [ -n "${BOUNCE_ALLOW_UNDEF:-}" ] && ALLOWED_UNDEF+=(${BOUNCE_ALLOW_UNDEF})
+  ensure_toolchain
+  [ "$1" = --check-object ] || verify_target_spec
 
-case "$1" in
-  -h|--help) usage ;;
-  --staticlib) shift; build_staticlib "$@" ;;
-  -*) usage ;;
-  *) build_rlibs "$@" ;;
-esac
+  case "$1" in
+    -h|--help) usage ;;
+    --staticlib) shift; build_staticlib "$@" ;;
+    --check-object)
+      # Run only the checks on an already prelinked object (for debugging).
+      shift; [ $# -eq 1 ] || usage
+      local keep
+      keep=$(mktemp)
+      nm -g --defined-only "$1" | awk 'NF == 3 {print $3}' | grep "^${EXPORT_PREFIX}" | sort -u > "$keep" || true
+      check_object "$1" "$keep"; rm -f "$keep"
+      [ "$check_failed" = 0 ] || die "checks failed for $1"
+      say "OK: $1 passes the checks" ;;
+    -*) usage ;;
+    *) build_rlibs "$@" ;;
+  esac
+}
+
+# Whole file is parsed before anything runs (safe against edits mid-run).
+main "$@"; exit $?

@@ -1,3 +1,442 @@
-//! The magazine strategy.
+//! # bounce-magazine
+//!
+//! The magazine strategy: per-CPU caches of already-*shared* bounce buffers (SPEC §6),
+//! on top of the refill engine's size-classed pools ([`bounce_refill::PoolSet`], the same
+//! classes, address index, per-buffer records, batched conversion and shrinking the
+//! dynamic strategy uses: one source of truth, no copy).
+//!
+//! ```text
+//!   map (CPU n)                                   unmap (any CPU m)
+//!     │ class = ClassTable::choose(req)              │ PoolSet::release(addr): index lookup,
+//!     ▼                                              │   record flipped to free
+//!   CPU n cache [class]: loaded ─ prev  ◄─────────── CPU m cache [class]: loaded ─ prev
+//!     │ both empty            ▲ both full               (the buffer joins the *unmapping*
+//!     ▼                       │                          CPU's magazines)
+//!   depot [class]: full / empty magazines (one IRQ-safe lock; trimmed, reaped)
+//!     │ empty                 ▲ fill (kccd)
+//!     ▼                       │
+//!   PoolSet free lists [class] ◄── kccd: batched conversion, idle shrinking, cap
+//! ```
+//!
+//! The common map pops a buffer from the current CPU's loaded magazine under that CPU's
+//! own lock and writes the buffer's in-flight record (lock-free); no shared lock, no
+//! conversion, no search. See [`layer`] for the magazine mechanics (Bonwick & Adams,
+//! Linux's `iova_rcache`) and [`config`] for the `swiotlb.magazine.*` parameters, their
+//! defaults and why.
+//!
+//! ## Adaptive behaviour
+//! - **Magazine size grows under depot contention** (Bonwick): every depot access tries
+//!   the lock first and counts failures; each reap period a class with at least
+//!   `contention` failures doubles its magazine size, up to `max_rounds`. Magazines are
+//!   allocated at their largest size at boot, so growing never allocates.
+//! - **Depot trimming** (IOVA rcache): every `trim_ms` of the platform clock, one full
+//!   magazine per class goes back to the pool while the depot holds more than
+//!   `depot_target` (default: the number of CPUs).
+//! - **Reaping** (Bonwick): every `reap_ms`, CPU caches that saw no map or unmap in the
+//!   whole period, and depot magazines the working set did not touch, go back to the
+//!   pool, where the engine converts idle chunks back to private after `idle_ms`.
+//!
+//! All three run in [`Strategy::run_background`] (kccd), driven by the platform clock,
+//! or at a caller's time with [`Magazine::run_background_at`] (the deterministic
+//! [`bounce_refill::StepRunner`]).
+//!
+//! ## Failure
+//! A map falls from the CPU's magazines to the depot, then to a batch from the pool's
+//! free lists, then to other CPUs' caches, then to a larger class (`fallback=on`), and
+//! then fails with [`MapError::NoBufferReady`] (or [`MapError::CapReached`] when the cap
+//! stops growth), having woken the engine. It never blocks, allocates or converts.
+//!
+//! ## What still touches shared state on the map path
+//! Map: the buffer's chunk reference count is dropped when the record is written
+//! (`PoolSet::commit`) and the pool's used-bytes counter is updated: two atomics on
+//! shared cache lines, no lock. Unmap: the address index is a spin-locked radix tree
+//! (the framework's `XArray`; no RCU in `no_std` safe Rust), so the lookup takes that
+//! lock for a 2–3 level walk, then the used-bytes counter. The magazines themselves are
+//! per CPU.
+//!
+//! ## Context
+//! `reserve` takes the current CPU's cache lock (and on a miss the depot lock, a pool
+//! lock); `release` takes the index lock, then the unmapping CPU's cache lock; `locate`
+//! and `owns` take the index lock. Lock order: CPU cache → depot → pool; the index lock
+//! is never held with another. Nothing on the map path sleeps, allocates or converts;
+//! `run_background` and `audit` may sleep and allocate.
 #![no_std]
 #![forbid(unsafe_code)]
+
+extern crate alloc;
+#[cfg(test)]
+extern crate std;
+
+pub mod config;
+pub mod layer;
+pub mod rounds;
+
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use bounce_framework::{
+    AuditError, AuditReport, BackgroundReport, BootConfig, Device, InitError, Located, LogLevel, MapError, PhysAddr,
+    Platform, PoolStats, ReleaseError, Released, Request, Reservation, Strategy,
+};
+use bounce_refill::{FreeBuffer, PoolSet};
+
+pub use bounce_refill;
+pub use config::{MagazineConfig, RoundsSetting};
+pub use layer::{Backing, ClassRounds, ClassStats, LayerConfig, MagazineLayer, ReapReport, Source, MAX_ROUNDS};
+pub use rounds::Rounds;
+
+/// The refill engine's pools as the magazines' backing store.
+impl<P: Platform> Backing for PoolSet<P> {
+    type Buf = FreeBuffer;
+
+    #[inline]
+    fn take(&self, class: usize, urgent: bool) -> Option<FreeBuffer> {
+        self.pop(class, urgent)
+    }
+
+    #[inline]
+    fn give(&self, _class: usize, buf: FreeBuffer) {
+        self.push(buf);
+    }
+
+    fn free_count(&self, class: usize) -> usize {
+        self.pool(class).ready()
+    }
+}
+
+/// Map-path and background counters of [`Magazine`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MagazineCounters {
+    /// Requests served by a larger class because their own was exhausted everywhere.
+    pub fallbacks: u64,
+    /// Requests refused with [`MapError::NoBufferReady`].
+    pub no_buffer: u64,
+    /// Requests refused with [`MapError::CapReached`].
+    pub cap_reached: u64,
+    /// Trim periods run.
+    pub trims: u64,
+    /// Reap periods run.
+    pub reaps: u64,
+    /// Buffers moved from the pools into depot magazines by the engine.
+    pub stocked: u64,
+}
+
+/// The magazine strategy (see the crate documentation).
+pub struct Magazine<P: Platform> {
+    platform: P,
+    pools: PoolSet<P>,
+    layer: MagazineLayer<P::Lock, FreeBuffer>,
+    fallback: bool,
+    trim_ns: u64,
+    reap_ns: u64,
+    last_trim: AtomicU64,
+    last_reap: AtomicU64,
+    fallbacks: AtomicU64,
+    no_buffer: AtomicU64,
+    cap_reached: AtomicU64,
+    trims: AtomicU64,
+    reaps: AtomicU64,
+    stocked: AtomicU64,
+}
+
+impl<P: Platform> Magazine<P> {
+    /// The boot name (`swiotlb.strategy=magazine`).
+    pub const NAME: &'static str = "magazine";
+    /// The `swiotlb.magazine.*` parameters (see [`config`]).
+    pub const PARAMS: &'static [&'static str] = &[
+        "classes",
+        "cap",
+        "batch",
+        "idle_ms",
+        "reserve",
+        "limit",
+        "fallback",
+        "rounds",
+        "max_rounds",
+        "depot",
+        "depot_target",
+        "trim_ms",
+        "reap_ms",
+        "contention",
+    ];
+
+    /// Builds the strategy from the boot command line (`swiotlb.magazine.*`, and
+    /// `swiotlb=<slots>` as the default cap).
+    ///
+    /// # Errors
+    /// [`InitError::Cmdline`] naming the offending token; otherwise as
+    /// [`Magazine::new`].
+    pub fn from_boot(platform: P, boot: &BootConfig) -> Result<Self, InitError> {
+        Self::new(platform, Self::config_from_boot(boot)?)
+    }
+
+    /// Parses the boot command line into a configuration.
+    ///
+    /// # Errors
+    /// [`InitError::Cmdline`] naming the offending token.
+    pub fn config_from_boot(boot: &BootConfig) -> Result<MagazineConfig, InitError> {
+        MagazineConfig::from_boot(Self::NAME, Self::PARAMS, boot)
+    }
+
+    /// Builds the pools, fills every class's emergency reserve and allocates every
+    /// magazine (boot context: allocates and converts, may sleep). The engine's first
+    /// runs fill the pools to their targets and stock the depots.
+    ///
+    /// # Errors
+    /// [`InitError::Config`] for settings out of range, [`InitError::Grow`] when the
+    /// reserves cannot be converted.
+    pub fn new(platform: P, config: MagazineConfig) -> Result<Self, InitError> {
+        let layer_cfg = {
+            let classes = bounce_refill::ClassTable::new(
+                &config.pools.classes,
+                config.pools.batch_pages,
+                config.pools.reserve_percent,
+            )?;
+            config.layer_config(platform.cpu_count(), classes.classes())?
+        };
+        let MagazineConfig { pools, fallback, trim_ms, reap_ms, .. } = config;
+        let pools = PoolSet::new(platform.clone(), &pools)?;
+        let layer = MagazineLayer::new(&layer_cfg).map_err(InitError::Config)?;
+        pools.fill_reserves()?;
+        for class in 0..layer.class_count() {
+            layer.request_fill(class);
+        }
+        platform.log(LogLevel::Info, format_args!("bounce: magazine strategy: {}", config::describe(&layer_cfg)));
+        Ok(Self {
+            platform,
+            pools,
+            layer,
+            fallback,
+            trim_ns: trim_ms.saturating_mul(1_000_000),
+            reap_ns: reap_ms.saturating_mul(1_000_000),
+            last_trim: AtomicU64::new(0),
+            last_reap: AtomicU64::new(0),
+            fallbacks: AtomicU64::new(0),
+            no_buffer: AtomicU64::new(0),
+            cap_reached: AtomicU64::new(0),
+            trims: AtomicU64::new(0),
+            reaps: AtomicU64::new(0),
+            stocked: AtomicU64::new(0),
+        })
+    }
+
+    /// The pools (classes, index, engine).
+    pub fn pools(&self) -> &PoolSet<P> {
+        &self.pools
+    }
+
+    /// The magazine layer.
+    pub fn layer(&self) -> &MagazineLayer<P::Lock, FreeBuffer> {
+        &self.layer
+    }
+
+    /// Counters of class `class`'s magazines.
+    pub fn class_stats(&self, class: usize) -> ClassStats {
+        self.layer.class_stats(class)
+    }
+
+    /// Strategy counters.
+    pub fn counters(&self) -> MagazineCounters {
+        MagazineCounters {
+            fallbacks: self.fallbacks.load(Ordering::Relaxed),
+            no_buffer: self.no_buffer.load(Ordering::Relaxed),
+            cap_reached: self.cap_reached.load(Ordering::Relaxed),
+            trims: self.trims.load(Ordering::Relaxed),
+            reaps: self.reaps.load(Ordering::Relaxed),
+            stocked: self.stocked.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Claims the period ending at `now` on `last` (one caller wins when several
+    /// runners race).
+    fn due(last: &AtomicU64, now: u64, period: u64) -> bool {
+        let prev = last.load(Ordering::Relaxed);
+        now.saturating_sub(prev) >= period
+            && last.compare_exchange(prev, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    }
+
+    fn period_elapsed(last: &AtomicU64, now: u64, period: u64) -> bool {
+        now.saturating_sub(last.load(Ordering::Relaxed)) >= period
+    }
+
+    /// Whether a depot wants stocking and its pool has buffers to stock it with.
+    fn stock_pending(&self) -> bool {
+        (0..self.layer.class_count()).any(|c| self.layer.is_starved(c) && self.pools.free_count(c) > 0)
+    }
+
+    /// One background run at `now` on the caller's clock: depot trimming and reaping
+    /// when their periods are due, the refill engine ([`PoolSet::run`]: shrink idle
+    /// chunks, grow classes below target in batches), then stocking of starved depots
+    /// from the pools.
+    ///
+    /// # Context
+    /// Process context; may sleep (conversions).
+    pub fn run_background_at(&self, now: u64) -> BackgroundReport {
+        if Self::due(&self.last_trim, now, self.trim_ns) {
+            self.layer.trim(&self.pools);
+            self.trims.fetch_add(1, Ordering::Relaxed);
+        }
+        if Self::due(&self.last_reap, now, self.reap_ns) {
+            self.layer.reap(&self.pools);
+            self.layer.adapt();
+            self.reaps.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut report = self.pools.run(now);
+        for class in 0..self.layer.class_count() {
+            if self.layer.is_starved(class) {
+                let n = self.layer.fill(&self.pools, class);
+                self.stocked.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        }
+        // Stocking may have taken a pool below its target: the engine has work again.
+        report.more |= self.pools.pending(now) || self.stock_pending();
+        report
+    }
+
+    /// Whether [`Magazine::run_background_at`] has work at `now`.
+    pub fn background_pending_at(&self, now: u64) -> bool {
+        self.pools.pending(now)
+            || self.stock_pending()
+            || (Self::period_elapsed(&self.last_trim, now, self.trim_ns) && self.layer.trim_pending())
+            || (Self::period_elapsed(&self.last_reap, now, self.reap_ns) && self.layer.reap_pending())
+    }
+
+    fn refuse(&self, req: &Request, class: usize) -> MapError {
+        let c = self.pools.class(class);
+        if self.pools.shared().fits_cap(c.chunk_bytes()) {
+            self.no_buffer.fetch_add(1, Ordering::Relaxed);
+            MapError::NoBufferReady { size: req.size, class_size: c.size }
+        } else {
+            self.cap_reached.fetch_add(1, Ordering::Relaxed);
+            MapError::CapReached { size: req.size, cap_bytes: self.pools.cap_bytes() }
+        }
+    }
+}
+
+impl<P: Platform> Drop for Magazine<P> {
+    /// Gives every cached buffer back to the pools, so the pools' own teardown can
+    /// return idle chunks to private memory.
+    fn drop(&mut self) {
+        self.layer.drain(&self.pools);
+    }
+}
+
+impl<P: Platform> Strategy for Magazine<P> {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn reserve(&self, req: &Request) -> Result<Reservation, MapError> {
+        let choice = self.pools.table().choose(req)?;
+        let buf = if let Some((buf, src)) = self.layer.alloc(&self.pools, req.cpu, choice.class) {
+            if matches!(src, Source::Backing | Source::Stolen) {
+                // The depot was empty: the engine stocks it (and refills the pool).
+                self.platform.wake_refill();
+            }
+            Some(buf)
+        } else {
+            self.platform.wake_refill();
+            let larger = if self.fallback { choice.class + 1..self.pools.table().len() } else { 0..0 };
+            let buf = larger.into_iter().find_map(|c| self.pools.pop(c, false));
+            if buf.is_some() {
+                self.fallbacks.fetch_add(1, Ordering::Relaxed);
+            }
+            buf
+        };
+        let Some(buf) = buf else { return Err(self.refuse(req, choice.class)) };
+        Ok(Reservation { addr: self.pools.commit(buf, req.orig, choice.offset, req.alloc_size) })
+    }
+
+    fn release(&self, addr: PhysAddr) -> Result<Released, ReleaseError> {
+        let (buf, rel) = self.pools.release(addr)?;
+        let class = buf.class();
+        self.layer.free(&self.pools, self.platform.current_cpu(), class, buf);
+        Ok(rel)
+    }
+
+    fn locate(&self, addr: PhysAddr) -> Option<Located> {
+        self.pools.locate(addr)
+    }
+
+    fn owns(&self, addr: PhysAddr) -> bool {
+        self.pools.owns(addr)
+    }
+
+    fn max_mapping_size(&self, dev: &Device) -> usize {
+        self.pools.table().max_mapping_size(dev.min_align_mask)
+    }
+
+    fn addressing_limit(&self) -> PhysAddr {
+        self.pools.limit()
+    }
+
+    fn stats(&self) -> PoolStats {
+        self.pools.pool_stats()
+    }
+
+    fn reset_hiwater(&self) {
+        self.pools.usage().reset_hiwater();
+    }
+
+    fn background_pending(&self) -> bool {
+        self.background_pending_at(self.platform.now_ns())
+    }
+
+    fn run_background(&self) -> BackgroundReport {
+        self.run_background_at(self.platform.now_ns())
+    }
+
+    /// The pools' audit (index, free stacks, records, counters, committed bytes: every
+    /// buffer free, in flight or held outside the pool), then: the held buffers are
+    /// exactly the magazines' — as many, none twice, none in flight, each in a magazine
+    /// of its own class — and the layer's own invariants hold. Expects no concurrent
+    /// map-path activity (the conformance suite audits between operations).
+    fn audit(&self) -> Result<AuditReport, AuditError> {
+        let a = self.pools.audit()?;
+        // The walk holds IRQ-safe locks: allocate the record array first (with room for
+        // buffers cached meanwhile) and format messages only after the locks are gone.
+        let total: usize = (0..self.layer.class_count()).map(|c| self.layer.cached_count(c)).sum();
+        let mut cached: Vec<(PhysAddr, usize)> = Vec::with_capacity(total + 4096);
+        for class in 0..self.layer.class_count() {
+            let mut bad: Option<(PhysAddr, usize, &'static str)> = None;
+            self.layer.for_each_cached(class, |b| {
+                if b.class() != class {
+                    bad.get_or_insert((b.addr(), b.class(), "sits in a magazine of another class"));
+                }
+                let i = b.chunk().buffer_index(b.addr()).unwrap_or(usize::MAX);
+                if i == usize::MAX || b.chunk().state(i).in_flight {
+                    bad.get_or_insert((b.addr(), b.class(), "is in a magazine and in flight"));
+                }
+                if cached.len() < cached.capacity() {
+                    cached.push((b.addr(), b.size()));
+                } else {
+                    bad.get_or_insert((b.addr(), b.class(), "was cached while the audit ran (magazines grew)"));
+                }
+            });
+            if let Some((addr, c, what)) = bad {
+                return Err(AuditError(alloc::format!("buffer {addr} of class {c} {what} (walking class {class})")));
+            }
+        }
+        cached.sort_unstable();
+        if let Some(w) = cached.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(AuditError(alloc::format!("buffer {} is in two magazines", w[0].0)));
+        }
+        if cached.len() != a.totals.held {
+            return Err(AuditError(alloc::format!(
+                "{} buffers are out of their pools and not in flight, but the magazines hold {}",
+                a.totals.held,
+                cached.len()
+            )));
+        }
+        self.layer.check().map_err(AuditError)?;
+        let cached_bytes: usize = cached.iter().map(|c| c.1).sum();
+        let t = a.totals;
+        Ok(AuditReport {
+            live_mappings: t.in_flight,
+            used_bytes: t.in_flight_bytes,
+            free_bytes: t.free_bytes + cached_bytes,
+            owned_bytes: t.owned_bytes,
+            quarantined_pages: a.quarantined_pages,
+        })
+    }
+}
