@@ -280,7 +280,7 @@ impl<'a, R: RawIrqLock, T> IrqGuards<'a, R, T> {
     }
 }
 
-impl<'a, R: RawIrqLock, T> core::ops::Index<usize> for IrqGuards<'a, R, T> {
+impl<R: RawIrqLock, T> core::ops::Index<usize> for IrqGuards<'_, R, T> {
     type Output = T;
     fn index(&self, i: usize) -> &T {
         &self.guards[i]
