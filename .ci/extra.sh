@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Checks beyond the unit/integration tests, called by .ci/run. Each step is a script of
+# its own so it can be run alone.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+echo "--- loom models (magazine depot exchange, free racing refill, reap racing alloc)"
+RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
+  cargo test -p bounce-magazine --release --locked --test loom
+
+if [ -f .ci/fuzz-smoke.sh ]; then
+  echo "--- fuzz smoke run (checked-in seeds)"
+  bash .ci/fuzz-smoke.sh
+fi
+
+echo "--- bounce compare smoke run (every strategy, every workload, data verified by the device model)"
+cargo run --release --locked -p bounce-bench -- compare --ops 4000 --verify --json target/ci-compare.json --out target/ci-report
+
+if [ -f .ci/kernel-tests.sh ]; then
+  echo "--- Linux guest: build, boot each strategy, O_DIRECT integrity, dma_map_benchmark"
+  bash .ci/kernel-tests.sh
+fi
