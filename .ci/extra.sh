@@ -8,6 +8,16 @@ echo "--- loom models (magazine depot exchange, free racing refill, reap racing 
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
   cargo test -p bounce-magazine --release --locked --test loom
 
+echo "--- legacy vs Linux 6.12's own swiotlb.c: differential replay"
+src_tar=/usr/src/linux-source-6.12.tar.xz
+if [ ! -f "$src_tar" ]; then
+  (apt-get install -y -q linux-source-6.12 >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q linux-source-6.12 >/dev/null; })
+fi
+ref=target/linux-ref
+mkdir -p "$ref"
+tar -xJf "$src_tar" -C "$ref" linux-source-6.12/kernel/dma/swiotlb.c linux-source-6.12/include/linux/iommu-helper.h
+BOUNCE_LINUX_SRC="$ref/linux-source-6.12" cargo test -p bounce-legacy --locked --test linux_differential -- --ignored
+
 if [ -f .ci/fuzz-smoke.sh ]; then
   echo "--- fuzz smoke run (checked-in seeds)"
   bash .ci/fuzz-smoke.sh
