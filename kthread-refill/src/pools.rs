@@ -38,8 +38,9 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bounce_framework::{
-    AllocContext, AuditError, BackgroundReport, GrowError, InitError, Located, PageCount, PageRequest, PhysAddr,
-    Platform, PlatformError, PoolStats, RefillStats, ReleaseError, Released, SharedMemory, UsageCounter,
+    AllocContext, AuditError, BackgroundReport, BootConfig, CmdlineError, GrowError, InitError, Located, PageCount,
+    PageRequest, PhysAddr, Platform, PlatformError, PoolStats, RefillStats, ReleaseError, Released, SharedMemory,
+    StrategyParams, UsageCounter,
 };
 
 use crate::chunk::{Chunk, FreeBuffer};
@@ -102,6 +103,44 @@ impl Default for PoolConfig {
             retry_ms: DEFAULT_RETRY_MS,
             adaptive: true,
         }
+    }
+}
+
+impl PoolConfig {
+    /// The `swiotlb.<strategy>.*` parameters every strategy built on these pools takes:
+    /// `classes=<size>:<target>,...`, `cap=<size>`, `batch=<pages>`, `idle_ms=<ms>`,
+    /// `reserve=<percent>`, `limit=<address>`.
+    pub const PARAMS: &'static [&'static str] = &["classes", "cap", "batch", "idle_ms", "reserve", "limit"];
+
+    /// Applies `swiotlb=<slots>` (the default cap: the pool size Linux would have used)
+    /// and the pool parameters among `params` ([`PoolConfig::PARAMS`]; others are left
+    /// to the caller, which checks them against its own list).
+    ///
+    /// # Errors
+    /// [`CmdlineError`] naming the offending token.
+    pub fn apply_boot(&mut self, boot: &BootConfig, params: &StrategyParams<'_>) -> Result<(), CmdlineError> {
+        if let Some(p) = params.get("classes") {
+            self.classes = crate::class::parse_classes(&p.token, &p.value)?;
+        }
+        if let Some(slots) = boot.swiotlb.nslabs {
+            self.cap_bytes = Some(slots * bounce_framework::IO_TLB_SIZE);
+        }
+        if let Some(cap) = params.size("cap", bounce_framework::PAGE_SIZE as u64, 1 << 46)? {
+            self.cap_bytes = Some(cap as usize);
+        }
+        if let Some(b) = params.number("batch", 1, MAX_BATCH_PAGES as u64)? {
+            self.batch_pages = b as usize;
+        }
+        if let Some(ms) = params.number("idle_ms", 0, 24 * 3600 * 1000)? {
+            self.idle_ms = ms;
+        }
+        if let Some(r) = params.number("reserve", 0, 50)? {
+            self.reserve_percent = r as usize;
+        }
+        if let Some(l) = params.size("limit", 1 << 20, u64::MAX)? {
+            self.limit = PhysAddr(l);
+        }
+        Ok(())
     }
 }
 

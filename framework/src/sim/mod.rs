@@ -9,8 +9,11 @@
 //! Conversions destroy page contents (the shared and private views of a TDX/SNP page are
 //! different memory), so a strategy that expects data to survive a conversion fails.
 
+mod alloc_count;
 mod device;
 mod guest;
+
+pub use alloc_count::{count_allocations, CountingAlloc};
 
 pub use device::{DeviceError, MappingOracle, SimDevice};
 pub use guest::{

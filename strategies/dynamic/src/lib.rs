@@ -52,10 +52,9 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use bounce_framework::{
     AuditError, AuditReport, BackgroundReport, BootConfig, Device, InitError, Located, MapError, PhysAddr, Platform,
-    PoolStats, ReleaseError, Released, Request, Reservation, Strategy, IO_TLB_SIZE, PAGE_SIZE,
+    PoolStats, ReleaseError, Released, Request, Reservation, Strategy,
 };
-use bounce_refill::pools::MAX_BATCH_PAGES;
-use bounce_refill::{parse_classes, PoolConfig, PoolCounters, PoolSet, SizeClass};
+use bounce_refill::{PoolConfig, PoolCounters, PoolSet, SizeClass};
 
 pub use bounce_refill;
 
@@ -131,27 +130,7 @@ impl<P: Platform> Dynamic<P> {
         let params = boot.params_for(Self::NAME);
         params.check_known(Self::PARAMS)?;
         let mut cfg = DynamicConfig::default();
-        if let Some(p) = params.get("classes") {
-            cfg.pools.classes = parse_classes(&p.token, &p.value)?;
-        }
-        if let Some(slots) = boot.swiotlb.nslabs {
-            cfg.pools.cap_bytes = Some(slots * IO_TLB_SIZE);
-        }
-        if let Some(cap) = params.size("cap", PAGE_SIZE as u64, 1 << 46)? {
-            cfg.pools.cap_bytes = Some(cap as usize);
-        }
-        if let Some(b) = params.number("batch", 1, MAX_BATCH_PAGES as u64)? {
-            cfg.pools.batch_pages = b as usize;
-        }
-        if let Some(ms) = params.number("idle_ms", 0, 24 * 3600 * 1000)? {
-            cfg.pools.idle_ms = ms;
-        }
-        if let Some(r) = params.number("reserve", 0, 50)? {
-            cfg.pools.reserve_percent = r as usize;
-        }
-        if let Some(l) = params.size("limit", 1 << 20, u64::MAX)? {
-            cfg.pools.limit = PhysAddr(l);
-        }
+        cfg.pools.apply_boot(boot, &params)?;
         if let Some(f) = params.boolean("fallback")? {
             cfg.fallback = f;
         }

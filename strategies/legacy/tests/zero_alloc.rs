@@ -3,80 +3,20 @@
 //! allocation at all. A counting global allocator counts the allocations of the test's
 //! own thread while a flag is set.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-
-use bounce_framework::sim::{set_current_cpu, PlatformKind, SimGuest};
+use bounce_framework::sim::{count_allocations, set_current_cpu, CountingAlloc, PlatformKind, SimGuest};
 use bounce_framework::{Bouncer, BouncerOptions, Device, DmaAttrs, DmaDirection, MapError, Platform};
 use bounce_legacy::{Legacy, LegacyConfig};
 
-/// Allocations (`alloc`, `alloc_zeroed`, `realloc`) made by threads with `COUNTING` set.
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    // `const` and without a destructor: reading it never allocates or registers anything.
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-}
-
-fn counted() {
-    if COUNTING.with(Cell::get) {
-        ALLOCATIONS.fetch_add(1, Relaxed);
-    }
-}
-
-/// `System`, counting.
-struct CountingAllocator;
-
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged, so
-// `System`'s guarantees hold; the counting touches only an atomic and a const
-// thread-local `Cell<bool>`, neither of which allocates.
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        counted();
-        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract for `layout`.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        counted();
-        // SAFETY: as in `alloc`.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        counted();
-        // SAFETY: the caller passes a block this allocator (i.e. `System`) returned, with
-        // its layout, as `GlobalAlloc::realloc` requires.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: as in `realloc`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: CountingAllocator = CountingAllocator;
-
-/// Runs `f` with this thread's allocations counted; returns how many it made.
-fn count_allocations(f: impl FnOnce()) -> usize {
-    let before = ALLOCATIONS.load(Relaxed);
-    COUNTING.with(|c| c.set(true));
-    f();
-    COUNTING.with(|c| c.set(false));
-    // Other threads never count, so the difference is this thread's.
-    ALLOCATIONS.load(Relaxed) - before
-}
+static GLOBAL: CountingAlloc = CountingAlloc;
 
 #[test]
 fn the_counter_sees_allocations() {
-    let n = count_allocations(|| {
+    let ((), n) = count_allocations(|| {
         let v: Vec<u64> = std::hint::black_box(Vec::with_capacity(16));
         drop(v);
     });
-    assert_eq!(n, 1);
+    assert_eq!(n, 2, "one allocation and one free");
 }
 
 #[test]
@@ -96,7 +36,7 @@ fn map_and_unmap_make_no_allocation() {
     let sizes = [1usize, 100, 1500, 2048, 4096, 9000, 65536, 200_000];
     let mut ok = 0usize;
     let mut full = None;
-    let n = count_allocations(|| {
+    let ((), n) = count_allocations(|| {
         for (i, &size) in sizes.iter().enumerate() {
             for dir in DmaDirection::ALL {
                 for dev in [&net, &nvme] {

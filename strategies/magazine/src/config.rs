@@ -22,9 +22,8 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
 use bounce_framework::cmdline::parse_ulong;
-use bounce_framework::{BootConfig, CmdlineError, InitError, PhysAddr, IO_TLB_SIZE, PAGE_SIZE};
-use bounce_refill::pools::MAX_BATCH_PAGES;
-use bounce_refill::{parse_classes, PoolConfig, SizeClass};
+use bounce_framework::{BootConfig, CmdlineError, InitError};
+use bounce_refill::{PoolConfig, SizeClass};
 
 use crate::layer::{ClassRounds, LayerConfig, MAX_ROUNDS};
 
@@ -162,27 +161,7 @@ impl MagazineConfig {
         let params = boot.params_for(name);
         params.check_known(known)?;
         let mut cfg = Self::default();
-        if let Some(p) = params.get("classes") {
-            cfg.pools.classes = parse_classes(&p.token, &p.value)?;
-        }
-        if let Some(slots) = boot.swiotlb.nslabs {
-            cfg.pools.cap_bytes = Some(slots * IO_TLB_SIZE);
-        }
-        if let Some(cap) = params.size("cap", PAGE_SIZE as u64, 1 << 46)? {
-            cfg.pools.cap_bytes = Some(cap as usize);
-        }
-        if let Some(b) = params.number("batch", 1, MAX_BATCH_PAGES as u64)? {
-            cfg.pools.batch_pages = b as usize;
-        }
-        if let Some(ms) = params.number("idle_ms", 0, 24 * 3600 * 1000)? {
-            cfg.pools.idle_ms = ms;
-        }
-        if let Some(r) = params.number("reserve", 0, 50)? {
-            cfg.pools.reserve_percent = r as usize;
-        }
-        if let Some(l) = params.size("limit", 1 << 20, u64::MAX)? {
-            cfg.pools.limit = PhysAddr(l);
-        }
+        cfg.pools.apply_boot(boot, &params)?;
         if let Some(f) = params.boolean("fallback")? {
             cfg.fallback = f;
         }

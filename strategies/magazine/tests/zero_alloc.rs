@@ -2,67 +2,14 @@
 //! the global allocator and no conversion, and every map is served by the current CPU's
 //! own magazines.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-
 use bounce_framework::conformance::pattern;
-use bounce_framework::sim::{set_current_cpu, PlatformKind, SimConfig, SimGuest};
+use bounce_framework::sim::{count_allocations, set_current_cpu, CountingAlloc, PlatformKind, SimConfig, SimGuest};
 use bounce_framework::{Bouncer, BouncerOptions, Device, DmaAttrs, DmaDirection, Strategy};
 use bounce_magazine::{Magazine, MagazineConfig};
 use bounce_refill::{PoolConfig, StepRunner};
 
-/// Counts allocations made by the current thread while armed.
-struct Counting;
-
-thread_local! {
-    static ARMED: Cell<bool> = const { Cell::new(false) };
-    static CALLS: Cell<u64> = const { Cell::new(0) };
-}
-
-fn note() {
-    // `try_with`: the allocator may run while thread-locals are being torn down.
-    let _ = ARMED.try_with(|a| {
-        if a.get() {
-            let _ = CALLS.try_with(|c| c.set(c.get() + 1));
-        }
-    });
-}
-
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged; the
-// counting touches only const-initialised thread-locals (no allocation, no reentrancy).
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note();
-        // SAFETY: forwarded contract.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note();
-        // SAFETY: forwarded contract.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        note();
-        // SAFETY: forwarded contract.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note();
-        // SAFETY: forwarded contract.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
-
-fn counted<R>(f: impl FnOnce() -> R) -> (R, u64) {
-    CALLS.with(|c| c.set(0));
-    ARMED.with(|a| a.set(true));
-    let r = f();
-    ARMED.with(|a| a.set(false));
-    (r, CALLS.with(Cell::get))
-}
+static GLOBAL: CountingAlloc = CountingAlloc;
 
 #[test]
 fn warm_map_sync_unmap_allocate_nothing_convert_nothing_and_stay_on_the_cpu() {
@@ -124,7 +71,7 @@ fn warm_map_sync_unmap_allocate_nothing_convert_nothing_and_stay_on_the_cpu() {
     let (hits0, slow0) = (hits(&b), slow(&b));
     let conv = b.pool_stats().conversions;
     let hw = guest.stats();
-    let (errors, allocs) = counted(|| (0..50).map(|_| round(&b)).sum::<u32>());
+    let (errors, allocs) = count_allocations(|| (0..50).map(|_| round(&b)).sum::<u32>());
     assert_eq!(errors, 0);
     assert_eq!(allocs, 0, "the map path called the global allocator {allocs} times");
     assert_eq!(b.pool_stats().conversions, conv, "the map path converted pages");
@@ -136,7 +83,7 @@ fn warm_map_sync_unmap_allocate_nothing_convert_nothing_and_stay_on_the_cpu() {
     assert_eq!(hits(&b) - hits0, 50 * sizes.len() as u64);
     assert_eq!(slow(&b), slow0, "a warm map or unmap left the CPU's own magazines");
     // The counter itself works.
-    let (len, n) = counted(|| std::hint::black_box(vec![1u8; 10]).len());
+    let (len, n) = count_allocations(|| std::hint::black_box(vec![1u8; 10]).len());
     assert_eq!(len, 10);
     assert_eq!(n, 2, "one allocation and one free");
     b.strategy().audit().unwrap();
