@@ -689,10 +689,6 @@ pub fn make_guest(machine: &Machine, plan: &Plan) -> SimGuest {
     let threads = plan.streams.len().max(1);
     let mut cfg = SimConfig::new(machine.platform, machine.memory_for(plan), threads.max(2));
     cfg.spin = true;
-    // Linux 6.12 on x86 gives devices shared memory at its plain physical address
-    // (`phys_to_dma_unencrypted` is `phys_to_dma`): no TDX shared bit in bus addresses, so
-    // 32-bit devices reach a pool below 4 GiB as they do in a real TDX guest.
-    cfg.model.shared_bit = None;
     SimGuest::new(cfg)
 }
 

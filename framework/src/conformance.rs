@@ -472,8 +472,19 @@ pub fn dma_mask_respected<S: Strategy>(make: &dyn Fn(&SimGuest) -> S) {
     }
     assert_eq!(e.used(), used);
     assert!(e.bouncer.dma_supported(u64::MAX));
-    // The TDX shared bit (47) puts every bounce buffer above 4 GiB on the bus.
-    assert!(!e.bouncer.dma_supported(0xffff_ffff));
+    // What dma_supported promises must hold: a device it accepts is always served.
+    if e.bouncer.dma_supported(0xffff_ffff) {
+        let dma = e.bouncer.map_single(dev32.device(), orig, 4096, DmaDirection::ToDevice, DmaAttrs::empty()).unwrap();
+        e.bouncer.unmap_single(dev32.device(), dma, 4096, DmaDirection::ToDevice, DmaAttrs::empty()).unwrap();
+    }
+    // A device that cannot address even the first page of memory is refused.
+    let dev12 = Device::new("dev12").with_dma_bits(12);
+    assert!(!e.bouncer.dma_supported(dev12.dma_mask));
+    assert!(matches!(
+        e.bouncer.map_single(&dev12, orig, 4096, DmaDirection::ToDevice, DmaAttrs::empty()),
+        Err(MapError::Unreachable { .. })
+    ));
+    assert_eq!(e.used(), used);
     e.check();
 }
 

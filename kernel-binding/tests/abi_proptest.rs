@@ -345,6 +345,10 @@ impl World {
         IRQ_DEPTH.with(|d| d.set(0));
         IRQ_ORDER_BROKEN.with(|b| b.set(false));
         let mut cfg = SimConfig::new(PlatformKind::Tdx, 96 << 20, 2);
+        // Model devices that see the TDX shared alias (GPA bit 47) in bus addresses, so
+        // the 32-bit device below can never reach bounce memory (the simulator's default
+        // follows Linux: no bit).
+        cfg.model.shared_bit = Some(47);
         cfg.track_copies = true;
         let host = Box::new(Host { guest: SimGuest::new(cfg), traces: AtomicU64::new(0) });
         let table = hooks(&host);

@@ -56,8 +56,8 @@ impl PlatformKind {
 /// | platform | to shared (call + page) | to private (call + page) | shared bit |
 /// |---|---|---|---|
 /// | plain | 0 | 0 | none |
-/// | tdx | 20 µs + 1 µs | 20 µs + 8 µs (page accept: 8–150 µs measured) | GPA bit 47 |
-/// | snp | 5 µs + 1.5 µs | 5 µs + 1.5 µs (PSC of 64 entries + PVALIDATE) | none (C-bit clear) |
+/// | tdx | 20 µs + 1 µs | 20 µs + 8 µs (page accept: 8–150 µs measured) | = physical |
+/// | snp | 5 µs + 1.5 µs | 5 µs + 1.5 µs (PSC of 64 entries + PVALIDATE) | = physical (C-bit clear) |
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CostModel {
     /// The kind simulated.
@@ -72,7 +72,11 @@ pub struct CostModel {
     pub encrypt_page_ns: u64,
     /// SNP: entries per Page State Change request; each request pays the call cost.
     pub entries_per_request: Option<u64>,
-    /// The GPA bit that marks a shared address for the device (TDX), if any.
+    /// A GPA bit set in every bus address (`phys_to_dma`), if any. `None` by default for
+    /// every platform, as in Linux 6.12 on x86, where `phys_to_dma_unencrypted` is plain
+    /// `phys_to_dma` (the TDX shared bit lives in the guest's page tables, not in the bus
+    /// address). Set it to model a platform whose devices see the shared alias; then
+    /// devices with narrow masks cannot reach bounce memory at all.
     pub shared_bit: Option<u32>,
 }
 
@@ -96,7 +100,7 @@ impl CostModel {
                 encrypt_call_ns: 20_000,
                 encrypt_page_ns: 8_000,
                 entries_per_request: None,
-                shared_bit: Some(47),
+                shared_bit: None,
             },
             PlatformKind::Snp => Self {
                 kind,

@@ -22,7 +22,11 @@ struct Script {
 
 impl Script {
     fn new(nslabs: usize, nareas: usize) -> Self {
-        let g = SimGuest::with(PlatformKind::Tdx, 16 << 20, 2);
+        // The addresses below were pinned with bus addresses carrying the TDX shared
+        // alias (bit 47); keep modelling it (the simulator's default has no bit).
+        let mut cfg = bounce_framework::sim::SimConfig::new(PlatformKind::Tdx, 16 << 20, 2);
+        cfg.model.shared_bit = Some(47);
+        let g = SimGuest::new(cfg);
         // One page first, so the pool starts at 0x101000 as in the unit tests.
         g.alloc_private(4096).unwrap();
         let cfg = LegacyConfig { nslabs: Some(nslabs), nareas: Some(nareas), ..LegacyConfig::default() };
