@@ -298,18 +298,8 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// Deterministic bytes for a seed.
-fn bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 32) as u8
-        })
-        .collect()
-}
+/// Deterministic bytes for a seed (the conformance suite's pattern).
+use bounce_framework::conformance::pattern as bytes;
 
 struct World {
     host: Box<Host>,
