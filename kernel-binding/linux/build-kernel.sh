@@ -57,6 +57,12 @@ fi
 T_ALL=$(date +%s)
 check_linux_source
 ensure_cache_dir
+# One build at a time: the source tree and its patch state are shared by the variants.
+exec 9>"$BOUNCE_KERNEL_CACHE/.build.lock"
+if ! flock -n 9; then
+    info "waiting for another build-kernel.sh (lock $BOUNCE_KERNEL_CACHE/.build.lock)"
+    flock -w 7200 9 || die "gave up waiting for the build lock"
+fi
 mkdir -p "$CACHE_STATE" "$CACHE_BUILD"
 for f in "${FRAGMENTS[@]}"; do [ -f "$f" ] || die "missing config fragment $f"; done
 
@@ -185,7 +191,7 @@ check_config() {
             # An unset option may also be absent altogether (its dependencies are off).
             if [ "$got" != "$want" ] && ! { [ "$want" = "# $sym is not set" ] && [ -z "$got" ]; }; then
                 printf 'ERROR: %s asks for "%s", final .config has "%s"\n' \
-                    "$(basename "$frag")" "$want" "${got:-<absent: dependencies not met>}" >&2
+                    "${frag##*/}" "$want" "${got:-<absent: dependencies not met>}" >&2
                 bad=1
             fi
         done < "$frag"

@@ -1,0 +1,248 @@
+#!/bin/sh
+# Guest test script, run by /init (busybox sh). Prints progress, then a result block
+# between "=== BOUNCE-RESULTS-BEGIN ===" and "=== BOUNCE-RESULTS-END ===" that the host
+# (boot.sh) parses. Every line inside the block is "<key>: <k>=<v> ...".
+#
+# Knobs, read from the kernel command line (boot.sh --append):
+#   bouncetest.dio_threads=4      integrity: threads on /dev/vda
+#   bouncetest.bench_seconds=1    dma_map_benchmark seconds per run
+#   bouncetest.bench_reps=5       runs per granule/direction (median reported)
+#   bouncetest.bench_threads=1    dma_map_benchmark threads
+#   bouncetest.bench_granules=1,4,16
+#   bouncetest.bench_dirs=1,2     1 = DMA_TO_DEVICE, 2 = DMA_FROM_DEVICE, 0 = bidirectional
+#   bouncetest.tput_seconds=2     throughput run (write, then read)
+#   bouncetest.tput_reps=3        throughput runs (median reported)
+#   bouncetest.tput_bs=65536      throughput block size
+#   bouncetest.tput_threads=2     throughput threads
+#   bouncetest.skip=bench,tput    skip phases (dio, bench, tput)
+#   bouncetest.dio_fault=1        self-test of the checker: dio -F flips a byte on disk
+#                                 per size, so the run must report integrity=FAIL
+# The strategy label comes from swiotlb.strategy= ("linux" when absent).
+
+CMDLINE=$(cat /proc/cmdline)
+DBG=/sys/kernel/debug
+SWIOTLB=$DBG/swiotlb
+RES=/tmp/results
+: > "$RES"
+
+# param NAME DEFAULT: value of bouncetest.NAME= on the command line.
+param() {
+    for w in $CMDLINE; do
+        case "$w" in "bouncetest.$1="*) echo "${w#*=}"; return ;; esac
+    done
+    echo "$2"
+}
+# median FILE COLUMN / column_min FILE COLUMN / column_list FILE COLUMN ("a,b,c")
+median() {
+    awk -v c="$2" '$c != "nan" { print $c }' "$1" | sort -n |
+        awk '{ a[NR] = $1 } END { if (!NR) print "nan"; else if (NR % 2) print a[(NR + 1) / 2];
+                                  else printf "%.2f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+}
+column_min() { awk -v c="$2" '$c != "nan" { print $c }' "$1" | sort -n | head -n 1; }
+column_list() { awk -v c="$2" '{ printf "%s%s", (NR > 1 ? "," : ""), $c } END { print "" }' "$1"; }
+skipped() { case ",$SKIP," in *",$1,"*) return 0 ;; esac; return 1; }
+res() { echo "$*" >> "$RES"; }
+say() { echo "test: $*"; }
+
+DIO_THREADS=$(param dio_threads 4)
+BENCH_SECONDS=$(param bench_seconds 1)
+BENCH_REPS=$(param bench_reps 5)
+BENCH_THREADS=$(param bench_threads 1)
+BENCH_GRANULES=$(param bench_granules 1,4,16 | tr , ' ')
+BENCH_DIRS=$(param bench_dirs 1,2 | tr , ' ')
+TPUT_SECONDS=$(param tput_seconds 2)
+TPUT_REPS=$(param tput_reps 3)
+TPUT_BS=$(param tput_bs 65536)
+TPUT_THREADS=$(param tput_threads 2)
+SKIP=$(param skip "")
+DIO_FAULT=""
+[ "$(param dio_fault 0)" = 1 ] && DIO_FAULT=-F
+STRATEGY=linux
+for w in $CMDLINE; do
+    case "$w" in swiotlb.strategy=*) STRATEGY=${w#*=} ;; esac
+done
+
+# One line with every swiotlb debugfs counter: name=value ...
+swiotlb_line() {
+    line=""
+    for f in "$SWIOTLB"/*; do
+        [ -f "$f" ] || continue
+        line="$line $(basename "$f")=$(cat "$f" 2>/dev/null || echo '?')"
+    done
+    echo "${line# }"
+}
+swiotlb_dump() {
+    say "swiotlb debugfs ($1):"
+    for f in "$SWIOTLB"/*; do
+        [ -f "$f" ] && printf '  %-36s %s\n' "$(basename "$f")" "$(cat "$f" 2>/dev/null)"
+    done
+    res "swiotlb_$1: $(swiotlb_line)"
+}
+# Resets the high-water marks so that each phase reports its own peak.
+swiotlb_reset_hiwater() {
+    for f in "$SWIOTLB"/*hiwater; do [ -f "$f" ] && echo 0 > "$f" 2>/dev/null; done
+}
+
+say "=== bounce guest test ==="
+say "kernel: $(uname -r) $(uname -v)"
+say "cmdline: $CMDLINE"
+say "cpus: $(nproc)  mem: $(grep MemTotal /proc/meminfo | tr -s ' ' | cut -d' ' -f2-)"
+say "strategy: $STRATEGY"
+res "kernel: release=$(uname -r) cpus=$(nproc) uptime_s=$(cut -d' ' -f1 /proc/uptime)"
+res "cmdline: $CMDLINE"
+FORCE=no
+case " $CMDLINE " in *" swiotlb=force "*) FORCE=yes ;; esac
+res "strategy: name=$STRATEGY force=$FORCE"
+
+[ -d "$SWIOTLB" ] || say "WARNING: $SWIOTLB missing (no swiotlb debugfs?)"
+swiotlb_dump before
+
+# ---------------------------------------------------------------- devices
+say "PCI devices:"
+for d in /sys/bus/pci/devices/*; do
+    drv=-
+    [ -e "$d/driver" ] && drv=$(basename "$(readlink "$d/driver")")
+    echo "  $(basename "$d") $(cat "$d/vendor"):$(cat "$d/device") class=$(cat "$d/class") driver=$drv"
+done
+[ -b /dev/vda ] || say "ERROR: /dev/vda missing"
+
+# Binds the kernel's dma_map_benchmark driver to a PCI device nobody drives. The driver
+# has no ID table, so driver_override is the only way in. Preference: qemu's
+# pci-testdev (1b36:0005), edu (1234:11e8), then any other unbound non-bridge device.
+bind_bench() {
+    [ -e "$DBG/dma_map_benchmark" ] && return 0
+    for want in 0x1b36:0x0005 0x1234:0x11e8 any; do
+        for d in /sys/bus/pci/devices/*; do
+            [ -e "$d/driver" ] && continue
+            id="$(cat "$d/vendor"):$(cat "$d/device")"
+            case "$(cat "$d/class")" in 0x06*) continue ;; esac   # bridges
+            [ "$want" = any ] || [ "$id" = "$want" ] || continue
+            dev=$(basename "$d")
+            echo dma_map_benchmark > "$d/driver_override"
+            echo "$dev" > /sys/bus/pci/drivers_probe 2>/dev/null
+            if [ -e "$DBG/dma_map_benchmark" ]; then
+                say "dma_map_benchmark bound to $dev ($id)"
+                res "bench_device: pci=$dev id=$id"
+                return 0
+            fi
+            echo > "$d/driver_override"
+        done
+    done
+    return 1
+}
+
+FAIL=0
+# ---------------------------------------------------------------- dio integrity
+if skipped dio; then
+    res "dio: passed=0 failed=0 rc=skipped"
+else
+    say "dio integrity: $DIO_THREADS threads on /dev/vda ${DIO_FAULT:+(fault injection self-test)}"
+    swiotlb_reset_hiwater
+    T0=$(cut -d' ' -f1 /proc/uptime)
+    dio -d /dev/vda -t "$DIO_THREADS" $DIO_FAULT > /tmp/dio.out 2>&1
+    rc=$?
+    cat /tmp/dio.out
+    grep '^dio: size=' /tmp/dio.out | sed 's/^dio: size=/dio_size: size=/' >> "$RES"
+    grep '^dio:   first error' /tmp/dio.out | sed 's/^dio:   first error: /dio_error: msg=/' >> "$RES"
+    summary=$(grep -E '^dio: [0-9]+ passed, [0-9]+ failed' /tmp/dio.out | tail -n 1)
+    passed=$(echo "$summary" | sed -n 's/^dio: \([0-9]*\) passed.*/\1/p')
+    failed=$(echo "$summary" | sed -n 's/.* \([0-9]*\) failed.*/\1/p')
+    res "dio: passed=${passed:-0} failed=${failed:-unknown} rc=$rc seconds=$(awk "BEGIN{print $(cut -d' ' -f1 /proc/uptime)-$T0}")"
+    [ "$rc" = 0 ] && [ -n "$summary" ] || FAIL=1
+    swiotlb_dump after_dio
+fi
+
+# ---------------------------------------------------------------- dma_map_benchmark
+# Repetitions are interleaved (rep 1 of every granule/direction, then rep 2, ...) so a
+# burst of host load hits all combinations alike; the result line reports the median
+# over the repetitions (TCG on a shared host has heavy-tailed latencies).
+if skipped bench; then
+    :
+elif ! bind_bench; then
+    say "ERROR: could not bind dma_map_benchmark to any PCI device"
+    res "bench_device: pci=none"
+    res "bench: rc=nodevice"
+else
+    swiotlb_reset_hiwater
+    rm -f /tmp/bench.g*
+    r=0
+    while [ "$r" -lt "$BENCH_REPS" ]; do
+        r=$((r + 1))
+        for g in $BENCH_GRANULES; do
+            for d in $BENCH_DIRS; do
+                say "dma_map_benchmark -t $BENCH_THREADS -s $BENCH_SECONDS -g $g -d $d (rep $r/$BENCH_REPS)"
+                dma_map_benchmark -t "$BENCH_THREADS" -s "$BENCH_SECONDS" -g "$g" -d "$d" > /tmp/bench.out 2>&1
+                rc=$?
+                cat /tmp/bench.out
+                map=$(sed -n 's/^average map latency(us):\([0-9.]*\) standard deviation:\([0-9.]*\).*/\1 \2/p' /tmp/bench.out)
+                unmap=$(sed -n 's/^average unmap latency(us):\([0-9.]*\) standard deviation:\([0-9.]*\).*/\1 \2/p' /tmp/bench.out)
+                # shellcheck disable=SC2086  # split "avg sd avg sd" into $1..$4
+                set -- $map $unmap
+                echo "${1:-nan} ${2:-nan} ${3:-nan} ${4:-nan} $rc" >> "/tmp/bench.g$g.d$d"
+            done
+        done
+    done
+    for g in $BENCH_GRANULES; do
+        for d in $BENCH_DIRS; do
+            f=/tmp/bench.g$g.d$d
+            rc=$(awk '$5 != 0 { bad = $5 } END { print bad + 0 }' "$f")
+            res "bench: granule=$g dir=$d threads=$BENCH_THREADS seconds=$BENCH_SECONDS reps=$BENCH_REPS" \
+                "map_us=$(median "$f" 1) map_sd=$(median "$f" 2) unmap_us=$(median "$f" 3) unmap_sd=$(median "$f" 4)" \
+                "map_us_min=$(column_min "$f" 1) unmap_us_min=$(column_min "$f" 3)" \
+                "map_us_all=$(column_list "$f" 1) unmap_us_all=$(column_list "$f" 3) rc=$rc"
+        done
+    done
+    swiotlb_dump after_bench
+fi
+
+# ---------------------------------------------------------------- throughput
+if ! skipped tput; then
+    swiotlb_reset_hiwater
+    : > /tmp/tput.all
+    r=0
+    while [ "$r" -lt "$TPUT_REPS" ]; do
+        r=$((r + 1))
+        say "throughput: dio -T $TPUT_SECONDS -b $TPUT_BS -t $TPUT_THREADS (rep $r/$TPUT_REPS)"
+        dio -d /dev/vda -T "$TPUT_SECONDS" -b "$TPUT_BS" -t "$TPUT_THREADS" > /tmp/tput.out 2>&1
+        rc=$?
+        cat /tmp/tput.out
+        grep '^tput: ' /tmp/tput.out >> /tmp/tput.all
+        [ "$rc" = 0 ] || res "tput_error: rc=$rc rep=$r"
+    done
+    sed 's/^tput: /tput_run: /' /tmp/tput.all >> "$RES"
+    for mode in write read; do
+        # columns: MBps iops errors
+        grep "^tput: mode=$mode " /tmp/tput.all | sed -n 's/.* MBps=\([0-9.]*\) iops=\([0-9.]*\) errors=\([0-9]*\).*/\1 \2 \3/p' > /tmp/tput.$mode
+        [ -s /tmp/tput.$mode ] || continue
+        res "tput: mode=$mode pattern=seq bs=$TPUT_BS threads=$TPUT_THREADS seconds=$TPUT_SECONDS reps=$TPUT_REPS" \
+            "MBps=$(median /tmp/tput.$mode 1) MBps_min=$(column_min /tmp/tput.$mode 1)" \
+            "iops=$(median /tmp/tput.$mode 2) errors=$(awk '{ e += $3 } END { print e + 0 }' /tmp/tput.$mode)"
+    done
+    swiotlb_dump after_tput
+fi
+
+# ---------------------------------------------------------------- kernel log
+# Splats (lockdep, sleeping in atomic, WARN/BUG) and pool exhaustion.
+dmesg > /tmp/dmesg.out
+splats=$(grep -cE 'BUG:|WARNING:|INFO: possible|possible circular locking|inconsistent lock state|sleeping function called from invalid context|Call Trace:|DMA-API: .*(driver|failed|error)' /tmp/dmesg.out)
+full=$(grep -c 'swiotlb buffer is full' /tmp/dmesg.out)
+ioerr=$(grep -cE 'I/O error|blk_update_request|critical medium error' /tmp/dmesg.out)
+if [ "$splats" != 0 ] || [ "$ioerr" != 0 ]; then
+    say "kernel log lines of interest:"
+    grep -E -A20 'BUG:|WARNING:|INFO: possible|possible circular|inconsistent lock|sleeping function|Call Trace:|DMA-API: .*(driver|failed|error)|I/O error' /tmp/dmesg.out | head -n 200
+fi
+grep -E 'swiotlb|software IO TLB' /tmp/dmesg.out | head -n 20
+res "kernel_log: splats=$splats swiotlb_full=$full io_errors=$ioerr"
+[ "$ioerr" = 0 ] || FAIL=1
+
+# integrity: data, I/O errors; kernel_log: no splat (lockdep, WARN, BUG, DMA-API).
+KLOG=clean
+[ "$splats" = 0 ] || KLOG=splats
+if [ "$FAIL" = 0 ]; then I=PASS; else I=FAIL; fi
+res "result: integrity=$I kernel_log=$KLOG"
+
+dmesg -n 1   # keep console messages out of the block
+echo "=== BOUNCE-RESULTS-BEGIN ==="
+cat "$RES"
+echo "=== BOUNCE-RESULTS-END ==="
+exit "$FAIL"

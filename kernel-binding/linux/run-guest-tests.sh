@@ -1,0 +1,208 @@
+#!/usr/bin/env bash
+# One command for the Linux guest route: setup, build kernel, build initramfs, boot each
+# configuration, print an integrity table and (with more than one configuration) a
+# ratio table against the "linux" baseline.
+#
+# usage: run-guest-tests.sh [options]
+#   --skip-setup        do not run setup.sh (packages already installed)
+#   --configs "LIST"    configurations to boot (default: "linux"). "linux" boots with no
+#                       swiotlb.strategy= parameter; any other NAME boots with
+#                       swiotlb.strategy=NAME, e.g. --configs "linux legacy dynamic magazine";
+#                       "nobounce" boots without swiotlb=force (the cost of bouncing itself)
+#   --repeat N          boot every configuration N times, interleaved (linux, legacy, ...,
+#                       linux, legacy, ...); the ratio table uses the median over the boots
+#                       (default 1). TCG on a shared host is noisy: an A/A run of four
+#                       identical kernels gave ratios from 0.7x to 1.5x with N=1.
+#   --append "ARGS"     extra kernel arguments for every boot (e.g. bouncetest.* knobs)
+#   --debug             build and boot the debug kernel variant (lockdep etc.)
+#   --timeout SECONDS   per-boot limit (boot.sh default: 600, debug 1800)
+#   --quiet             do not echo guest consoles (logs stay in the cache)
+# Environment: see build-kernel.sh (BOUNCE_KERNEL_CACHE, BOUNCE_PATCH_DIR, BOUNCE_STATICLIB,
+# BOUNCE_JOBS) and boot.sh (BOUNCE_QEMU_EXTRA).
+#
+# Exit status: non-zero if a build failed, a boot did not reach the result block, any
+# integrity check failed, or a kernel log shows a splat (WARN, BUG, lockdep, DMA-API).
+# The tables are also written to $BOUNCE_KERNEL_CACHE/runs/summary.txt.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+SETUP=1
+CONFIGS="linux"
+REPEAT=1
+APPEND=""
+DEBUG_ARGS=()
+BOOT_ARGS=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --skip-setup) SETUP=0 ;;
+        --configs) CONFIGS=$2; shift ;;
+        --repeat) REPEAT=$2; shift ;;
+        --append) APPEND=$2; shift ;;
+        --debug) DEBUG_ARGS=(--debug) ;;
+        --timeout) BOOT_ARGS+=(--timeout "$2"); shift ;;
+        --quiet) BOOT_ARGS+=(--quiet) ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) die "unknown argument: $1 (try --help)" ;;
+    esac
+    shift
+done
+[ -n "${CONFIGS// /}" ] || die "--configs is empty"
+[[ "$REPEAT" =~ ^[1-9][0-9]*$ ]] || die "--repeat needs a positive number"
+for cfg in $CONFIGS; do
+    [[ "$cfg" =~ ^[A-Za-z0-9_-]+$ ]] || die "bad configuration name '$cfg'"
+done
+
+D="$BOUNCE_LINUX_DIR"
+T_START=$(date +%s)
+declare -A TIMES
+
+t0=$(date +%s)
+if [ "$SETUP" = 1 ]; then
+    "$D/setup.sh"
+fi
+TIMES[setup]=$(( $(date +%s) - t0 ))
+
+t0=$(date +%s)
+"$D/build-kernel.sh" "${DEBUG_ARGS[@]}" >/dev/null
+TIMES[kernel]=$(( $(date +%s) - t0 ))
+
+t0=$(date +%s)
+"$D/build-initramfs.sh" >/dev/null
+TIMES[initramfs]=$(( $(date +%s) - t0 ))
+
+SUFFIX=""
+[ ${#DEBUG_ARGS[@]} -gt 0 ] && SUFFIX="-debug"
+declare -A RC          # boot name -> boot.sh exit status
+declare -A BOOTS       # config -> its boot names
+BOOT_NAMES=()
+for ((rep = 1; rep <= REPEAT; rep++)); do
+    for cfg in $CONFIGS; do
+        name="$cfg$SUFFIX"
+        [ "$REPEAT" = 1 ] || name="$name.$rep"
+        args="$APPEND"
+        extra=()
+        case "$cfg" in
+            linux) ;;
+            nobounce) extra=(--no-force) ;;
+            *) args="swiotlb.strategy=$cfg $args" ;;
+        esac
+        rc=0
+        t0=$(date +%s)
+        "$D/boot.sh" --name "$name" --append "${args% }" "${extra[@]}" "${DEBUG_ARGS[@]}" \
+            "${BOOT_ARGS[@]}" || rc=$?
+        TIMES[boot:$name]=$(( $(date +%s) - t0 ))
+        RC[$name]=$rc
+        BOOTS[$cfg]="${BOOTS[$cfg]:-} $name"
+        BOOT_NAMES+=("$name")
+    done
+done
+
+# awk helper: kv(line, key) returns the value of key=value in a result line.
+AWK_KV='function kv(line, key,   n, i, a) {
+    n = split(line, a, " ")
+    for (i = 1; i <= n; i++) if (index(a[i], key "=") == 1) return substr(a[i], length(key) + 2)
+    return ""
+}'
+
+# Prints "<metric> <value>" for every comparable number of one boot.
+metrics() {
+    awk "$AWK_KV"'
+        /^bench: / { g = kv($0, "granule"); d = kv($0, "dir")
+                     print "bench_g" g "_d" d "_map_us", kv($0, "map_us")
+                     print "bench_g" g "_d" d "_unmap_us", kv($0, "unmap_us") }
+        /^tput: /  { print "tput_" kv($0, "mode") "_bs" kv($0, "bs") "_MBps", kv($0, "MBps") }
+        /^dio: /   { print "dio_seconds", kv($0, "seconds") }
+    ' "$1" 2>/dev/null || true
+}
+
+# Prints "<metric> <median over the config's boots>" in first-seen metric order.
+config_metrics() {
+    local n
+    for n in ${BOOTS[$1]}; do metrics "$CACHE_RUNS/$n/results.txt"; done | awk '
+        $2 != "" && $2 != "nan" { if (!($1 in cnt)) order[++m] = $1; v[$1, ++cnt[$1]] = $2 }
+        END {
+            for (i = 1; i <= m; i++) {
+                k = order[i]; c = cnt[k]
+                for (x = 1; x <= c; x++) s[x] = v[k, x] + 0
+                for (x = 2; x <= c; x++) { t = s[x]; y = x - 1
+                    while (y >= 1 && s[y] > t) { s[y + 1] = s[y]; y-- }
+                    s[y + 1] = t }
+                med = (c % 2) ? s[(c + 1) / 2] : (s[c / 2] + s[c / 2 + 1]) / 2
+                print k, med
+            }
+        }'
+}
+
+# ---------------------------------------------------------------- tables
+SUMMARY="$CACHE_RUNS/summary.txt"
+mkdir -p "$CACHE_RUNS"
+{
+echo
+echo "== integrity ($(date -u +%Y-%m-%dT%H:%MZ), ${SUFFIX:+debug }kernel $LINUX_SOURCE_VERSION) =="
+printf '%-20s %-7s %-7s %-6s %-5s %-7s %-5s %-11s %-8s %s\n' \
+    boot booted dio bench tput splats full hiwater_dio seconds result
+for name in "${BOOT_NAMES[@]}"; do
+    f="$CACHE_RUNS/$name/results.txt"
+    if [ ! -f "$f" ]; then printf '%-20s %s\n' "$name" "no results file"; continue; fi
+    awk -v name="$name" "$AWK_KV"'
+        /^dio: /            { dio = kv($0, "passed") "/" (kv($0, "passed") + kv($0, "failed")) }
+        /^bench: /          { nb++; if (kv($0, "rc") == "0" && kv($0, "map_us") != "nan") okb++ }
+        /^tput: /           { nt++; if (kv($0, "errors") == "0") okt++ }
+        /^swiotlb_after_dio:/ { hw = kv($0, "io_tlb_used_hiwater") }
+        /^kernel_log: /     { splats = kv($0, "splats"); full = kv($0, "swiotlb_full") }
+        /^result: /         { result = kv($0, "integrity"); if (kv($0, "kernel_log") != "clean") result = result "+SPLATS" }
+        /^boot: /           { secs = kv($0, "seconds") }
+        /^=== BOUNCE-RESULTS-END/ { ended = 1 }
+        END {
+            if (!ended) result = "NO-RESULTS"
+            printf "%-20s %-7s %-7s %-6s %-5s %-7s %-5s %-11s %-8s %s\n", name, ended ? "yes" : "NO",
+                dio == "" ? "-" : dio, nb ? okb + 0 "/" nb : "-", nt ? okt + 0 "/" nt : "-",
+                splats == "" ? "-" : splats, full == "" ? "-" : full, hw == "" ? "-" : hw,
+                secs == "" ? "-" : secs, result == "" ? "FAIL" : result
+        }' "$f"
+done
+
+read -ra CFG_LIST <<<"$CONFIGS"
+if [ ${#CFG_LIST[@]} -gt 1 ]; then
+    echo
+    if [ -z "${BOOTS[linux]:-}" ]; then
+        echo "(no ratio table: the baseline \"linux\" was not among the configurations)"
+    else
+        echo "== ratios to linux$SUFFIX, median of $REPEAT boot(s) each" \
+             "(latency and seconds: lower is better; MB/s: higher is better) =="
+        declare -A VAL
+        for cfg in "${CFG_LIST[@]}"; do
+            while read -r m v; do VAL[$cfg,$m]=$v; done < <(config_metrics "$cfg")
+        done
+        header=$(printf '%-26s %10s' metric "linux")
+        for cfg in "${CFG_LIST[@]}"; do [ "$cfg" = linux ] || header+=$(printf ' %10s' "$cfg"); done
+        echo "$header"
+        while read -r m base; do
+            row=$(printf '%-26s %10s' "$m" "$base")
+            for cfg in "${CFG_LIST[@]}"; do
+                [ "$cfg" = linux ] && continue
+                row+=$(awk -v v="${VAL[$cfg,$m]:-}" -v b="$base" 'BEGIN {
+                    if (v == "" || b + 0 == 0) printf " %10s", "-"; else printf " %9.2fx", v / b }')
+            done
+            echo "$row"
+        done < <(config_metrics linux)
+    fi
+fi
+
+echo
+printf '== times (s): setup %s, kernel build %s, initramfs %s' \
+    "${TIMES[setup]}" "${TIMES[kernel]}" "${TIMES[initramfs]}"
+for name in "${BOOT_NAMES[@]}"; do printf ', boot %s %s' "$name" "${TIMES[boot:$name]}"; done
+printf ', total %s ==\n' "$(( $(date +%s) - T_START ))"
+} | tee "$SUMMARY"
+
+bad=0
+for name in "${BOOT_NAMES[@]}"; do
+    case "${RC[$name]}" in
+        0) ;;
+        1) echo "FAIL: $name: integrity failure or kernel splats (see $CACHE_RUNS/$name/console.log)" >&2; bad=1 ;;
+        *) echo "FAIL: $name: no result block, boot.sh status ${RC[$name]} (see $CACHE_RUNS/$name/console.log)" >&2; bad=1 ;;
+    esac
+done
+[ "$bad" = 0 ] && echo "run-guest-tests: all ${#BOOT_NAMES[@]} boot(s) passed"
+exit "$bad"
