@@ -13,7 +13,7 @@ src_tar=/usr/src/linux-source-6.12.tar.xz
 if [ ! -f "$src_tar" ]; then
   (apt-get install -y -q linux-source-6.12 >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q linux-source-6.12 >/dev/null; })
 fi
-ref=target/linux-ref
+ref="$PWD/target/linux-ref"
 mkdir -p "$ref"
 tar -xJf "$src_tar" -C "$ref" linux-source-6.12/kernel/dma/swiotlb.c linux-source-6.12/include/linux/iommu-helper.h
 BOUNCE_LINUX_SRC="$ref/linux-source-6.12" cargo test -p bounce-legacy --locked --test linux_differential -- --ignored
