@@ -5,6 +5,7 @@
 //! [`UsageCounter`] for `io_tlb_used` / `io_tlb_used_hiwater` and its
 //! [`SharedMemory`](crate::SharedMemory) for conversions.
 
+use alloc::boxed::Box;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::addr::SlotCount;
@@ -133,8 +134,12 @@ struct Shard {
 
 /// DMA-API counters kept by the bouncer, sharded per CPU so the map path does not
 /// bounce one cache line between CPUs.
+///
+/// The shards (16 KiB) live on the heap, filled one by one: built inline they would be
+/// a 16 KiB temporary in the constructor's stack frame, as large as a whole kernel
+/// stack (`bounce_create` runs on one).
 pub struct BounceStats {
-    shards: [Shard; STAT_SHARDS],
+    shards: Box<[Shard]>,
     inflight_bytes: AtomicUsize,
     inflight_peak: AtomicUsize,
 }
@@ -159,9 +164,12 @@ impl Default for BounceStats {
 
 impl BounceStats {
     /// Zeroed counters.
+    ///
+    /// # Context
+    /// Allocates (16 KiB): construction time only, never the map path.
     pub fn new() -> Self {
         Self {
-            shards: core::array::from_fn(|_| Shard::default()),
+            shards: (0..STAT_SHARDS).map(|_| Shard::default()).collect(),
             inflight_bytes: AtomicUsize::new(0),
             inflight_peak: AtomicUsize::new(0),
         }
