@@ -28,5 +28,5 @@ cargo run --release --locked -p bounce-bench -- compare --ops 4000 --verify --js
 
 if [ -f .ci/kernel-tests.sh ]; then
   echo "--- Linux guest: build, boot each strategy, O_DIRECT integrity, dma_map_benchmark"
-  bash .ci/kernel-tests.sh
+  BOUNCE_KERNEL_DEBUG=1 bash .ci/kernel-tests.sh
 fi

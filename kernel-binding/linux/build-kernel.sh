@@ -12,11 +12,8 @@
 #   BOUNCE_PATCH_DIR     directory with *.patch (applied in C-locale order, -p1) and
 #                        optional *.config fragments (merged after guest.config);
 #                        default: patches/ next to this script
-#   BOUNCE_STATICLIB     path of a prebuilt static library (the Rust strategy code).
-#                        If set, it is copied to kernel/dma/bounce/libbounce_kernel.a in
-#                        the source tree (the patch's Makefile refers to it as
-#                        $(src)/libbounce_kernel.a). If unset, a previously copied
-#                        library is removed so that a stale one is never linked.
+#   BOUNCE_STATICLIB     path of a prebuilt static library (the Rust strategy code) to
+#                        use instead of building one (step 4)
 #
 # Steps (each one is skipped when its inputs did not change):
 #   1. unpack the tarball once into $BOUNCE_KERNEL_CACHE/src (marker: state/unpacked)
@@ -26,7 +23,13 @@
 #      (tree edited by hand) the touched files are re-extracted from the tarball.
 #   3. configure: make tinyconfig + fragments + olddefconfig in the O= build dir,
 #      then check that every option requested by a fragment took effect
-#   4. make -j$BOUNCE_JOBS bzImage
+#   4. if the .config has CONFIG_SWIOTLB_BOUNCE=y (patches/bounce.config): build the
+#      strategies as a no_std static library for this .config with
+#      `.ci/nostd-build.sh --staticlib bounce-kernel` (cargo target dir under the
+#      cache: an unchanged workspace is a no-op) and copy it, with
+#      kernel-binding/include/bounce.h, to kernel/dma/bounce/ in the tree (only when
+#      changed, so kbuild relinks only then). Otherwise remove copies left there.
+#   5. make -j$BOUNCE_JOBS bzImage
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -67,7 +70,7 @@ mkdir -p "$CACHE_STATE" "$CACHE_BUILD"
 for f in "${FRAGMENTS[@]}"; do [ -f "$f" ] || die "missing config fragment $f"; done
 
 # ---------------------------------------------------------------- 1. unpack
-step "1/4 unpack $LINUX_SOURCE_TARBALL ($LINUX_SOURCE_VERSION)"
+step "1/5 unpack $LINUX_SOURCE_TARBALL ($LINUX_SOURCE_VERSION)"
 TAR_ID="$LINUX_SOURCE_VERSION $(stat -c '%s %Y' "$LINUX_SOURCE_TARBALL")"
 if [ -f "$CACHE_STATE/unpacked" ] && [ "$(cat "$CACHE_STATE/unpacked")" = "$TAR_ID" ] \
         && [ -f "$CACHE_TREE/Makefile" ]; then
@@ -86,7 +89,7 @@ else
 fi
 
 # ---------------------------------------------------------------- 2. patches
-step "2/4 patches from $PATCH_DIR"
+step "2/5 patches from $PATCH_DIR"
 APPLIED="$CACHE_STATE/applied"      # copies of the applied patches + their order
 mkdir -p "$APPLIED"
 touch "$APPLIED/series"
@@ -151,24 +154,8 @@ else
     done <<<"$DESIRED"
 fi
 
-# Optional prebuilt static library for the patch's Makefile.
-LIB_DST="$CACHE_TREE/kernel/dma/bounce/libbounce_kernel.a"
-if [ -n "${BOUNCE_STATICLIB:-}" ]; then
-    [ -f "$BOUNCE_STATICLIB" ] || die "BOUNCE_STATICLIB=$BOUNCE_STATICLIB does not exist"
-    mkdir -p "$(dirname "$LIB_DST")"
-    if cmp -s "$BOUNCE_STATICLIB" "$LIB_DST"; then
-        info "static library unchanged: $LIB_DST"
-    else
-        cp "$BOUNCE_STATICLIB" "$LIB_DST"
-        info "static library copied: $BOUNCE_STATICLIB -> $LIB_DST"
-    fi
-elif [ -e "$LIB_DST" ]; then
-    rm -f "$LIB_DST"
-    info "BOUNCE_STATICLIB unset: removed the previously copied $LIB_DST"
-fi
-
 # ---------------------------------------------------------------- 3. configure
-step "3/4 configure $VARIANT in $OUT"
+step "3/5 configure $VARIANT in $OUT"
 mkdir -p "$OUT"
 STAMP=$( { echo "$TAR_ID"; cat "$APPLIED/series"; for f in "${FRAGMENTS[@]}"; do echo "== $f"; cat "$f"; done; } \
          | sha256sum | cut -d' ' -f1)
@@ -213,8 +200,71 @@ check_config || die "requested config options did not take effect (see above); f
 echo "$STAMP" > "$OUT/.bounce-config-stamp"
 info "all $(cat "${FRAGMENTS[@]}" | grep -cE '^(CONFIG_|# CONFIG_.* is not set)') requested options present"
 
-# ---------------------------------------------------------------- 4. build
-step "4/4 make -j$BOUNCE_JOBS bzImage ($VARIANT)"
+# ---------------------------------------------------------------- 4. library
+# The strategies (Rust, no_std) linked by the patch's kernel/dma/bounce/Makefile.
+BOUNCE_DIR="$CACHE_TREE/kernel/dma/bounce"
+REPO_ROOT=$(cd "$BOUNCE_LINUX_DIR/../.." && pwd)
+# Kernel stacks are 16 KiB (THREAD_SIZE): one Rust frame of several KiB, typically a
+# large value built on the stack before it is boxed, overflows them (silently without
+# VMAP_STACK). Prints the largest frames ("bytes function", from `sub $N,%rsp`) and
+# fails above BOUNCE_MAX_FRAME bytes (default 8192).
+check_frames() {
+    local max=${BOUNCE_MAX_FRAME:-8192} top
+    top=$(objdump -d --no-show-raw-insn "$1" | awk '
+        /^[0-9a-f]+ <.*>:$/ { fn = substr($2, 2, length($2) - 3) }
+        /\tsub +\$0x[0-9a-f]+,%rsp$/ { match($0, /\$0x[0-9a-f]+/); print substr($0, RSTART + 3, RLENGTH - 3), fn }' |
+        while read -r hex fn; do echo "$((16#$hex)) $fn"; done | sort -rn | head -n 3)
+    info "largest stack frames (bytes): $(awk '{ printf "%s%s %.60s", (NR > 1 ? "; " : ""), $1, $2 }' <<<"$top")"
+    if [ "$(head -n 1 <<<"$top" | cut -d' ' -f1)" -gt "$max" ]; then
+        die "a function of $1 has a stack frame above $max bytes (BOUNCE_MAX_FRAME); kernel stacks are 16 KiB"
+    fi
+}
+# install_file SRC DST: copies when the content differs (an unchanged file keeps its
+# mtime, so kbuild does not relink).
+install_file() {
+    if cmp -s "$1" "$2"; then
+        info "unchanged: $2"
+    else
+        cp "$1" "$2"
+        info "copied: $1 -> $2"
+    fi
+}
+if grep -q '^CONFIG_SWIOTLB_BOUNCE=y' "$OUT/.config"; then
+    step "4/5 bounce static library (CONFIG_SWIOTLB_BOUNCE=y)"
+    LIB="$OUT/libbounce_kernel.a"
+    if [ -n "${BOUNCE_STATICLIB:-}" ]; then
+        [ -f "$BOUNCE_STATICLIB" ] || die "BOUNCE_STATICLIB=$BOUNCE_STATICLIB does not exist"
+        LIB=$BOUNCE_STATICLIB
+        info "prebuilt: $LIB"
+    else
+        # The kernel's .config picks the codegen flags (retpoline, IBT, ...).
+        T_LIB=$(date +%s)
+        if ! BOUNCE_KERNEL_CONFIG="$OUT/.config" BOUNCE_JOBS="$BOUNCE_JOBS" \
+                BOUNCE_KERNEL_TARGET_DIR="$BOUNCE_KERNEL_CACHE/rust-target" \
+                bash "$REPO_ROOT/.ci/nostd-build.sh" --staticlib bounce-kernel "$LIB" \
+                > "$OUT/rust-build.log" 2>&1; then
+            tail -n 40 "$OUT/rust-build.log" >&2
+            die "building the bounce static library failed; full log in $OUT/rust-build.log"
+        fi
+        grep -E '^nostd-build: (exported|undefined|text size)' "$OUT/rust-build.log" | sed 's/^/    /' >&2 || true
+        info "built $LIB in $(( $(date +%s) - T_LIB )) s (log: $OUT/rust-build.log)"
+    fi
+    check_frames "$LIB"
+    mkdir -p "$BOUNCE_DIR"
+    install_file "$LIB" "$BOUNCE_DIR/libbounce_kernel.a"
+    install_file "$REPO_ROOT/kernel-binding/include/bounce.h" "$BOUNCE_DIR/bounce.h"
+else
+    step "4/5 bounce static library: not needed (no CONFIG_SWIOTLB_BOUNCE=y)"
+    for f in libbounce_kernel.a bounce.h; do
+        if [ -e "$BOUNCE_DIR/$f" ]; then
+            rm -f "$BOUNCE_DIR/$f"
+            info "removed the stale $BOUNCE_DIR/$f"
+        fi
+    done
+fi
+
+# ---------------------------------------------------------------- 5. build
+step "5/5 make -j$BOUNCE_JOBS bzImage ($VARIANT)"
 T_BUILD=$(date +%s)
 LOG="$OUT/build.log"
 info "log: $LOG"

@@ -5,10 +5,15 @@
 #
 # usage: run-guest-tests.sh [options]
 #   --skip-setup        do not run setup.sh (packages already installed)
-#   --configs "LIST"    configurations to boot (default: "linux"). "linux" boots with no
-#                       swiotlb.strategy= parameter; any other NAME boots with
-#                       swiotlb.strategy=NAME, e.g. --configs "linux legacy dynamic magazine";
-#                       "nobounce" boots without swiotlb=force (the cost of bouncing itself)
+#   --configs "LIST"    configurations to boot (default: "linux legacy dynamic magazine
+#                       bogus"). "linux" boots with no swiotlb.strategy= parameter (Linux's
+#                       own swiotlb, the baseline of the ratio table); any other NAME boots
+#                       with swiotlb.strategy=NAME. NAME must then be the strategy that runs
+#                       (debugfs swiotlb/bounce_strategy) if it is one of the built-in
+#                       strategies ($STRATEGIES below); any other NAME, e.g. "bogus", must be
+#                       rejected at boot with a console message, leaving Linux's swiotlb in
+#                       charge. "nobounce" boots without swiotlb=force (the cost of bouncing
+#                       itself).
 #   --repeat N          boot every configuration N times, interleaved (linux, legacy, ...,
 #                       linux, legacy, ...); the ratio table uses the median over the boots
 #                       (default 1). TCG on a shared host is noisy: an A/A run of four
@@ -21,13 +26,17 @@
 # BOUNCE_JOBS) and boot.sh (BOUNCE_QEMU_EXTRA).
 #
 # Exit status: non-zero if a build failed, a boot did not reach the result block, any
-# integrity check failed, or a kernel log shows a splat (WARN, BUG, lockdep, DMA-API).
+# integrity check failed, a kernel log shows a splat (WARN, BUG, lockdep, DMA-API), or a
+# boot ran another swiotlb strategy than its configuration asks for (see --configs).
 # The tables are also written to $BOUNCE_KERNEL_CACHE/runs/summary.txt.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
+# The strategies built into the bounce library (swiotlb.strategy=NAME).
+STRATEGIES="legacy dynamic magazine"
+
 SETUP=1
-CONFIGS="linux"
+CONFIGS="linux $STRATEGIES bogus"
 REPEAT=1
 APPEND=""
 DEBUG_ARGS=()
@@ -74,6 +83,7 @@ SUFFIX=""
 [ ${#DEBUG_ARGS[@]} -gt 0 ] && SUFFIX="-debug"
 declare -A RC          # boot name -> boot.sh exit status
 declare -A BOOTS       # config -> its boot names
+declare -A CFG_OF      # boot name -> config
 BOOT_NAMES=()
 for ((rep = 1; rep <= REPEAT; rep++)); do
     for cfg in $CONFIGS; do
@@ -93,9 +103,20 @@ for ((rep = 1; rep <= REPEAT; rep++)); do
         TIMES[boot:$name]=$(( $(date +%s) - t0 ))
         RC[$name]=$rc
         BOOTS[$cfg]="${BOOTS[$cfg]:-} $name"
+        CFG_OF[$name]=$cfg
         BOOT_NAMES+=("$name")
     done
 done
+
+# The strategy a configuration must run: "linux" (no strategy), the configuration's
+# name (a built-in strategy), or "rejected" (any other name: a console message and
+# Linux's swiotlb).
+expected_strategy() {
+    case "$1" in
+        linux|nobounce) echo linux ;;
+        *) if [[ " $STRATEGIES " == *" $1 "* ]]; then echo "$1"; else echo rejected; fi ;;
+    esac
+}
 
 # awk helper: kv(line, key) returns the value of key=value in a result line.
 AWK_KV='function kv(line, key,   n, i, a) {
@@ -133,32 +154,54 @@ config_metrics() {
         }'
 }
 
+# Did each boot run the strategy its configuration asks for? (strategy: line)
+declare -A SEL         # boot name -> ok | bad
+for name in "${BOOT_NAMES[@]}"; do
+    SEL[$name]=$(awk -v want="$(expected_strategy "${CFG_OF[$name]}")" "$AWK_KV"'
+        /^strategy: / { active = kv($0, "active"); rej = kv($0, "rejected") + 0 }
+        END {
+            if (want == "rejected") ok = (active == "linux" && rej > 0)
+            else ok = (active == want && rej == 0)
+            print ok ? "ok" : "bad"
+        }' "$CACHE_RUNS/$name/results.txt" 2>/dev/null || echo bad)
+done
+
 # ---------------------------------------------------------------- tables
 SUMMARY="$CACHE_RUNS/summary.txt"
 mkdir -p "$CACHE_RUNS"
 {
 echo
 echo "== integrity ($(date -u +%Y-%m-%dT%H:%MZ), ${SUFFIX:+debug }kernel $LINUX_SOURCE_VERSION) =="
-printf '%-20s %-7s %-7s %-6s %-5s %-7s %-5s %-11s %-8s %s\n' \
-    boot booted dio bench tput splats full hiwater_dio seconds result
+echo "(active: the strategy that ran, from debugfs; maps_dio: bounce's maps during the dio"
+echo " phase; pool_MB: io_tlb_nslabs x 2 KiB after the last phase, the same meaning for"
+echo " every strategy; Linux's own pool stays allocated, unused, while a strategy runs)"
+printf '%-18s %-6s %-9s %-6s %-6s %-5s %-6s %-4s %-11s %-8s %-7s %-7s %s\n' \
+    boot booted active dio bench tput splats full hiwater_dio maps_dio pool_MB seconds result
 for name in "${BOOT_NAMES[@]}"; do
     f="$CACHE_RUNS/$name/results.txt"
-    if [ ! -f "$f" ]; then printf '%-20s %s\n' "$name" "no results file"; continue; fi
-    awk -v name="$name" "$AWK_KV"'
+    if [ ! -f "$f" ]; then printf '%-18s %s\n' "$name" "no results file"; continue; fi
+    awk -v name="$name" -v want="$(expected_strategy "${CFG_OF[$name]}")" -v sel="${SEL[$name]}" "$AWK_KV"'
         /^dio: /            { dio = kv($0, "passed") "/" (kv($0, "passed") + kv($0, "failed")) }
         /^bench: /          { nb++; if (kv($0, "rc") == "0" && kv($0, "map_us") != "nan") okb++ }
         /^tput: /           { nt++; if (kv($0, "errors") == "0") okt++ }
         /^swiotlb_after_dio:/ { hw = kv($0, "io_tlb_used_hiwater") }
+        /^swiotlb_/         { n = kv($0, "io_tlb_nslabs"); if (n != "") pool = sprintf("%.0f", n * 2048 / 1048576) }
+        /^bounce_after_dio:/ { maps = kv($0, "maps") }
+        /^strategy: /       { active = kv($0, "active") }
         /^kernel_log: /     { splats = kv($0, "splats"); full = kv($0, "swiotlb_full") }
         /^result: /         { result = kv($0, "integrity"); if (kv($0, "kernel_log") != "clean") result = result "+SPLATS" }
         /^boot: /           { secs = kv($0, "seconds") }
         /^=== BOUNCE-RESULTS-END/ { ended = 1 }
         END {
             if (!ended) result = "NO-RESULTS"
-            printf "%-20s %-7s %-7s %-6s %-5s %-7s %-5s %-11s %-8s %s\n", name, ended ? "yes" : "NO",
+            if (result == "") result = "FAIL"
+            if (sel != "ok") result = result "+WRONG-STRATEGY(want " want ")"
+            else if (want == "rejected") result = result " (rejected: Linux swiotlb)"
+            printf "%-18s %-6s %-9s %-6s %-6s %-5s %-6s %-4s %-11s %-8s %-7s %-7s %s\n", name,
+                ended ? "yes" : "NO", active == "" ? "-" : active,
                 dio == "" ? "-" : dio, nb ? okb + 0 "/" nb : "-", nt ? okt + 0 "/" nt : "-",
                 splats == "" ? "-" : splats, full == "" ? "-" : full, hw == "" ? "-" : hw,
-                secs == "" ? "-" : secs, result == "" ? "FAIL" : result
+                maps == "" ? "-" : maps, pool == "" ? "-" : pool, secs == "" ? "-" : secs, result
         }' "$f"
 done
 
@@ -170,6 +213,11 @@ if [ ${#CFG_LIST[@]} -gt 1 ]; then
     else
         echo "== ratios to linux$SUFFIX, median of $REPEAT boot(s) each" \
              "(latency and seconds: lower is better; MB/s: higher is better) =="
+        for cfg in "${CFG_LIST[@]}"; do
+            if [ "$(expected_strategy "$cfg")" = rejected ]; then
+                echo "($cfg runs Linux's swiotlb, like linux: its column shows this host's noise)"
+            fi
+        done
         declare -A VAL
         for cfg in "${CFG_LIST[@]}"; do
             while read -r m v; do VAL[$cfg,$m]=$v; done < <(config_metrics "$cfg")
@@ -203,6 +251,11 @@ for name in "${BOOT_NAMES[@]}"; do
         1) echo "FAIL: $name: integrity failure or kernel splats (see $CACHE_RUNS/$name/console.log)" >&2; bad=1 ;;
         *) echo "FAIL: $name: no result block, boot.sh status ${RC[$name]} (see $CACHE_RUNS/$name/console.log)" >&2; bad=1 ;;
     esac
+    if [ "${SEL[$name]}" != ok ] && [ "${RC[$name]}" != 2 ]; then
+        echo "FAIL: $name: wrong swiotlb strategy, want $(expected_strategy "${CFG_OF[$name]}")" \
+             "(strategy: line of $CACHE_RUNS/$name/results.txt; console.log has the boot messages)" >&2
+        bad=1
+    fi
 done
 [ "$bad" = 0 ] && echo "run-guest-tests: all ${#BOOT_NAMES[@]} boot(s) passed"
 exit "$bad"

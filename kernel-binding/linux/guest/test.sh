@@ -17,7 +17,9 @@
 #   bouncetest.skip=bench,tput    skip phases (dio, bench, tput)
 #   bouncetest.dio_fault=1        self-test of the checker: dio -F flips a byte on disk
 #                                 per size, so the run must report integrity=FAIL
-# The strategy label comes from swiotlb.strategy= ("linux" when absent).
+# The strategy label comes from swiotlb.strategy= ("linux" when absent); the strategy
+# that actually runs from debugfs swiotlb/bounce_strategy (the bounce patch; "linux"
+# when no strategy is active or the kernel has no bounce patch).
 
 CMDLINE=$(cat /proc/cmdline)
 DBG=/sys/kernel/debug
@@ -62,11 +64,13 @@ for w in $CMDLINE; do
     case "$w" in swiotlb.strategy=*) STRATEGY=${w#*=} ;; esac
 done
 
-# One line with every swiotlb debugfs counter: name=value ...
+# One line with every one-value swiotlb debugfs file: name=value ...
+# (bounce_stats, the bounce patch's "name value" table, is reported on its own line.)
 swiotlb_line() {
     line=""
     for f in "$SWIOTLB"/*; do
         [ -f "$f" ] || continue
+        [ "$(basename "$f")" != bounce_stats ] || continue
         line="$line $(basename "$f")=$(cat "$f" 2>/dev/null || echo '?')"
     done
     echo "${line# }"
@@ -74,9 +78,16 @@ swiotlb_line() {
 swiotlb_dump() {
     say "swiotlb debugfs ($1):"
     for f in "$SWIOTLB"/*; do
-        [ -f "$f" ] && printf '  %-36s %s\n' "$(basename "$f")" "$(cat "$f" 2>/dev/null)"
+        [ -f "$f" ] || continue
+        [ "$(basename "$f")" != bounce_stats ] || continue
+        printf '  %-36s %s\n' "$(basename "$f")" "$(cat "$f" 2>/dev/null)"
     done
     res "swiotlb_$1: $(swiotlb_line)"
+    if [ -f "$SWIOTLB/bounce_stats" ]; then
+        say "bounce_stats ($1):"
+        sed 's/^/  /' "$SWIOTLB/bounce_stats"
+        res "bounce_$1: $(awk '{ printf "%s%s=%s", (NR > 1 ? " " : ""), $1, $2 }' "$SWIOTLB/bounce_stats")"
+    fi
 }
 # Resets the high-water marks so that each phase reports its own peak.
 swiotlb_reset_hiwater() {
@@ -87,12 +98,17 @@ say "=== bounce guest test ==="
 say "kernel: $(uname -r) $(uname -v)"
 say "cmdline: $CMDLINE"
 say "cpus: $(nproc)  mem: $(grep MemTotal /proc/meminfo | tr -s ' ' | cut -d' ' -f2-)"
-say "strategy: $STRATEGY"
+ACTIVE=linux
+[ -f "$SWIOTLB/bounce_strategy" ] && ACTIVE=$(cat "$SWIOTLB/bounce_strategy")
+# The bounce patch reports a swiotlb.strategy= value it cannot use at boot.
+REJECTED=$(dmesg | grep -c 'bounce: swiotlb.strategy=.* rejected')
+say "strategy: $STRATEGY (active: $ACTIVE)"
+[ "$REJECTED" = 0 ] || say "$(dmesg | grep 'bounce: swiotlb.strategy=.* rejected' | head -n 1)"
 res "kernel: release=$(uname -r) cpus=$(nproc) uptime_s=$(cut -d' ' -f1 /proc/uptime)"
 res "cmdline: $CMDLINE"
 FORCE=no
 case " $CMDLINE " in *" swiotlb=force "*) FORCE=yes ;; esac
-res "strategy: name=$STRATEGY force=$FORCE"
+res "strategy: name=$STRATEGY active=$ACTIVE rejected=$REJECTED force=$FORCE"
 
 [ -d "$SWIOTLB" ] || say "WARNING: $SWIOTLB missing (no swiotlb debugfs?)"
 swiotlb_dump before
@@ -231,7 +247,7 @@ if [ "$splats" != 0 ] || [ "$ioerr" != 0 ]; then
     say "kernel log lines of interest:"
     grep -E -A20 'BUG:|WARNING:|INFO: possible|possible circular|inconsistent lock|sleeping function|Call Trace:|DMA-API: .*(driver|failed|error)|I/O error' /tmp/dmesg.out | head -n 200
 fi
-grep -E 'swiotlb|software IO TLB' /tmp/dmesg.out | head -n 20
+grep -E 'swiotlb|software IO TLB|bounce:' /tmp/dmesg.out | head -n 20
 res "kernel_log: splats=$splats swiotlb_full=$full io_errors=$ioerr"
 [ "$ioerr" = 0 ] || FAIL=1
 
