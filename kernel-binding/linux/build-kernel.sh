@@ -210,10 +210,11 @@ REPO_ROOT=$(cd "$BOUNCE_LINUX_DIR/../.." && pwd)
 # fails above BOUNCE_MAX_FRAME bytes (default 8192).
 check_frames() {
     local max=${BOUNCE_MAX_FRAME:-8192} top
+    # awk, not head: head exits early and sort then dies of SIGPIPE (pipefail).
     top=$(objdump -d --no-show-raw-insn "$1" | awk '
         /^[0-9a-f]+ <.*>:$/ { fn = substr($2, 2, length($2) - 3) }
         /\tsub +\$0x[0-9a-f]+,%rsp$/ { match($0, /\$0x[0-9a-f]+/); print substr($0, RSTART + 3, RLENGTH - 3), fn }' |
-        while read -r hex fn; do echo "$((16#$hex)) $fn"; done | sort -rn | head -n 3)
+        while read -r hex fn; do echo "$((16#$hex)) $fn"; done | sort -rn | awk 'NR <= 3')
     info "largest stack frames (bytes): $(awk '{ printf "%s%s %.60s", (NR > 1 ? "; " : ""), $1, $2 }' <<<"$top")"
     if [ "$(head -n 1 <<<"$top" | cut -d' ' -f1)" -gt "$max" ]; then
         die "a function of $1 has a stack frame above $max bytes (BOUNCE_MAX_FRAME); kernel stacks are 16 KiB"

@@ -82,4 +82,4 @@ done
 for t in qemu-system-x86_64 gcc make flex bison bc cpio xz patch; do
     command -v "$t" >/dev/null || die "$t not found in PATH after install"
 done
-info "$LINUX_SOURCE_PACKAGE $HAVE_SRC, $(qemu-system-x86_64 --version | head -n 1)"
+info "$LINUX_SOURCE_PACKAGE $HAVE_SRC, $(qemu-system-x86_64 --version | sed -n 1p)"
