@@ -23,8 +23,16 @@ if [ -f .ci/fuzz-smoke.sh ]; then
   bash .ci/fuzz-smoke.sh
 fi
 
+if [ -f .ci/miri.sh ]; then
+  echo "--- miri over the unsafe code (framework, sim guest, C ABI layer), when a nightly with miri is installed"
+  bash .ci/miri.sh
+fi
+
 echo "--- bounce compare smoke run (every strategy, every workload, data verified by the device model)"
 cargo run --release --locked -p bounce-bench -- compare --ops 4000 --verify --json target/ci-compare.json --out target/ci-report
+
+echo "--- bounce stress smoke run (every strategy 5 s at full rate, faults injected, every byte checked, audited)"
+cargo run --release --locked -p bounce-bench -- stress --duration 5 --faults --json target/ci-stress.json
 
 if [ -f .ci/kernel-tests.sh ]; then
   echo "--- Linux guest: build, boot each strategy, O_DIRECT integrity, dma_map_benchmark"

@@ -7,6 +7,9 @@
 //!   so perfect scaling equals the one-thread time.
 //! - `map_unmap/<strategy>/<size>`: `Bouncer::map_single` + `unmap_single`,
 //!   `DMA_TO_DEVICE` (one copy of `size` bytes).
+//! - `scrub/<strategy>/{off,on}/<size>`: `map_single` + `unmap_single`, `DMA_TO_DEVICE`,
+//!   of 512 B, 4 KiB and 64 KiB, on a bouncer without and with `swiotlb.scrub=on` (unmap
+//!   clears the buffer): the cost of scrubbing is the ratio of the two.
 //! - `locate/<strategy>`: finding a live mapping by an address inside it.
 //! - `memcpy/<size>`: a bare memcpy of the same bytes, the physical limit.
 //!
@@ -25,6 +28,7 @@ use bounce_framework::{BootConfig, BouncerOptions, Device, DmaAttrs, DmaDirectio
 use criterion::{criterion_main, BenchmarkId, Criterion, Throughput};
 
 const SIZES: [usize; 3] = [64, 1500, 4096];
+const SCRUB_SIZES: [usize; 3] = [512, 4096, 64 << 10];
 
 fn request(orig: PhysAddr, size: usize, cpu: usize) -> Request {
     Request { orig, size, alloc_size: size, alloc_align_mask: 0, min_align_mask: 0, dma_mask: u64::MAX, cpu }
@@ -101,6 +105,30 @@ impl StrategyVisitor for Benches<'_> {
             });
         }
         g.finish();
+
+        // Scrub off (the bouncer above) and on (a second one booted the same way), each
+        // size measured off then on back to back so drift on a busy machine hits both.
+        let scrubbed = boot(ctor, name, &machine, &plan, BouncerOptions { scrub: true, ..BouncerOptions::default() })
+            .unwrap_or_else(|e| panic!("{name} does not boot with scrub: {e}"));
+        let scrubbed_refill = RefillThread::start(scrubbed.clone());
+        let scrubbed_orig = scrubbed.platform().alloc_private(1 << 20).expect("buffer");
+        let mut g = self.c.benchmark_group("scrub");
+        for size in SCRUB_SIZES {
+            g.throughput(Throughput::Bytes(size as u64));
+            for (label, b, orig) in [("off", &bouncer, orig), ("on", &scrubbed, scrubbed_orig)] {
+                g.bench_with_input(BenchmarkId::new(format!("{name}/{label}"), size), &size, |bch, &size| {
+                    set_current_cpu(Some(0));
+                    bch.iter(|| {
+                        let dma =
+                            b.map_single(&dev, orig, size, DmaDirection::ToDevice, DmaAttrs::empty()).expect("map");
+                        b.unmap_single(&dev, black_box(dma), size, DmaDirection::ToDevice, DmaAttrs::empty())
+                            .expect("unmap");
+                    });
+                });
+            }
+        }
+        g.finish();
+        scrubbed_refill.stop();
 
         let mut g = self.c.benchmark_group("locate");
         set_current_cpu(Some(0));

@@ -17,6 +17,7 @@ use crate::record::{fill_ratios, Record, RunMeta};
 use crate::registry;
 use crate::replay::{parse_trace, plan_from_trace, Recorder, ReplayOptions};
 use crate::report::{self, ReportContext};
+use crate::stress::{Sabotage, StressConfig, StressDoc};
 use crate::workload::Workload;
 
 /// `bounce`: compare DMA bounce-buffer strategies on a simulated confidential guest.
@@ -41,6 +42,9 @@ pub enum Command {
     MapBench(MapBenchArgs),
     /// Record a sample `swiotlb_bounced` trace of a workload on the simulator.
     Record(RecordArgs),
+    /// Run strategies under full-rate concurrent load, checking every byte through the
+    /// device model, then audit them (PASS/FAIL).
+    Stress(StressArgs),
     /// List the strategies and workloads.
     List,
 }
@@ -311,6 +315,42 @@ pub struct RecordArgs {
     pub platform: PlatformArg,
 }
 
+/// `bounce stress`.
+#[derive(Debug, Args)]
+pub struct StressArgs {
+    /// A strategy to run (repeat or comma-separate) [default: the one `swiotlb.strategy=`
+    /// in --cmdline names, else all].
+    #[arg(long = "strategy", short = 's', alias = "strategies", value_delimiter = ',', value_parser = parse_strategy)]
+    pub strategies: Vec<&'static str>,
+    /// How long each strategy runs (e.g. 30, 30s, 500ms).
+    #[arg(long, short = 'd', value_parser = parse_duration, default_value = "10s")]
+    pub duration: Duration,
+    /// Worker threads, one per simulated CPU [default: the CPU count, at least 2].
+    #[arg(long, short = 't', value_parser = parse_threads)]
+    pub threads: Option<usize>,
+    /// The simulated platform; conversions spin for real.
+    #[arg(long, value_enum, default_value_t = PlatformArg::Tdx)]
+    pub platform: PlatformArg,
+    /// Seed of the op streams and of every random choice.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Inject conversion and allocation failures in bursts (exercises quarantine).
+    #[arg(long)]
+    pub faults: bool,
+    /// Guest RAM (grown when the workers' own buffers need it).
+    #[arg(long, value_parser = parse_bytes, default_value = "2G")]
+    pub memory: usize,
+    /// Boot command line for the strategies, e.g. `swiotlb.dynamic.idle_ms=50`.
+    #[arg(long, default_value = "")]
+    pub cmdline: String,
+    /// Write the figures as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// A deliberate bug, to prove the checker catches it (for the test suite).
+    #[arg(long, value_enum, hide = true)]
+    pub sabotage: Option<Sabotage>,
+}
+
 /// A failed command: the message and the exit code.
 #[derive(Debug)]
 pub struct Failure {
@@ -516,7 +556,10 @@ fn run_replay(a: &ReplayArgs) -> Result<(), Failure> {
         repeat: a.repeat as usize,
         min_align: a.min_align_mask.clone(),
     };
-    let plan = Arc::new(plan_from_trace(&name, &trace, &opts));
+    let plan = Arc::new(
+        plan_from_trace(&name, &trace, &opts)
+            .map_err(|e| Failure { message: format!("{}: {e}", a.file.display()), code: 1 })?,
+    );
     println!(
         "{}: {} events on {} device(s) ({} comment lines, {} other events, {} malformed skipped), replayed {}x with {} in flight per device and thread",
         a.file.display(),
@@ -620,6 +663,50 @@ fn run_record(a: &RecordArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+fn run_stress(a: &StressArgs) -> Result<(), Failure> {
+    let machine = machine(a.platform, a.memory, &a.cmdline)?;
+    let named = match (a.strategies.is_empty(), machine.boot.strategy.as_deref()) {
+        (true, Some(n)) => vec![parse_strategy(n).map_err(|message| Failure { message, code: 2 })?],
+        _ => a.strategies.clone(),
+    };
+    let strategies = strategies_or_all(&named)?;
+    let cfg = StressConfig {
+        machine,
+        duration: a.duration,
+        threads: a.threads.unwrap_or_else(|| default_threads().max(2)),
+        seed: a.seed,
+        faults: a.faults,
+        sabotage: a.sabotage,
+    };
+    let mut reports = Vec::with_capacity(strategies.len());
+    for s in &strategies {
+        eprintln!("stress: {s} for {:?} on {} threads ...", cfg.duration, cfg.threads);
+        let r = crate::stress::stress(&cfg, s).expect("validated")?;
+        println!("{}", crate::stress::text(&r));
+        reports.push(r);
+    }
+    let failed: Vec<&str> = reports.iter().filter(|r| !r.pass).map(|r| r.strategy.as_str()).collect();
+    if let Some(path) = &a.json {
+        let cmd = command_line();
+        let doc = StressDoc {
+            command: &cmd,
+            duration_secs: cfg.duration.as_secs_f64(),
+            pass: failed.is_empty(),
+            results: &reports,
+        };
+        let text = serde_json::to_string_pretty(&doc).map_err(|e| format!("encoding JSON: {e}"))?;
+        std::fs::write(path, text + "\n").map_err(|e| format!("writing {}: {e}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    if failed.is_empty() {
+        println!("stress: PASS ({} strategies, no violations)", reports.len());
+        Ok(())
+    } else {
+        println!("stress: FAIL ({} of {})", failed.len(), reports.len());
+        Err(Failure { message: format!("stress found violations in: {}", failed.join(", ")), code: 1 })
+    }
+}
+
 fn run_list() {
     println!("strategies:");
     for e in registry::STRATEGIES {
@@ -638,6 +725,7 @@ pub fn run(cli: &Cli) -> ExitCode {
         Command::Replay(a) => run_replay(a),
         Command::MapBench(a) => run_map_bench(a),
         Command::Record(a) => run_record(a),
+        Command::Stress(a) => run_stress(a),
         Command::List => {
             run_list();
             Ok(())

@@ -267,7 +267,7 @@ pub fn buffer_bytes(plan: &Plan) -> usize {
     per_thread * plan.streams.len()
 }
 
-fn slot_size(max_extent: usize) -> usize {
+pub(crate) fn slot_size(max_extent: usize) -> usize {
     max_extent.next_multiple_of(PAGE_SIZE)
 }
 
@@ -338,7 +338,7 @@ fn new_histogram() -> Histogram<u64> {
 /// map, 1: written by the device): a 64-byte block drawn from the mapping's identity,
 /// repeated with each block's first 8 bytes replaced by its index, so data copied to
 /// the wrong offset or from another mapping does not compare equal.
-fn fill_pattern(buf: &mut [u8], owner: u16, seq: u64, which: u64) {
+pub(crate) fn fill_pattern(buf: &mut [u8], owner: u16, seq: u64, which: u64) {
     let mut x = (u64::from(owner) << 48) ^ seq.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (which << 62) | 1;
     let mut block = [0u8; 64];
     for word in block.chunks_exact_mut(8) {
@@ -652,7 +652,7 @@ impl<'a, S: Strategy> Worker<'a, S> {
 }
 
 /// Runs background work until the strategy is idle (bounded), as kccd does after boot.
-fn settle<S: Strategy>(bouncer: &Bouncer<SimGuest, S>) {
+pub(crate) fn settle<S: Strategy>(bouncer: &Bouncer<SimGuest, S>) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while bouncer.strategy().background_pending() && Instant::now() < deadline {
         bouncer.run_background();
@@ -706,6 +706,8 @@ pub fn boot<S: Strategy + 'static>(
     let guest = make_guest(machine, plan);
     let strategy =
         ctor(guest.clone(), &machine.boot).map_err(|source| RunError::Init { strategy: name.into(), source })?;
+    // `swiotlb.scrub=on` on --cmdline applies as on a kernel command line.
+    let options = BouncerOptions { scrub: options.scrub || machine.boot.scrub, ..options };
     let bouncer = Arc::new(Bouncer::new(guest, strategy, options));
     settle(&bouncer);
     Ok(bouncer)
@@ -892,7 +894,7 @@ fn measured_wall(outs: &[WorkerOut], burst: bool, cycles: usize) -> Duration {
         .sum()
 }
 
-fn panic_message(e: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(e: &(dyn std::any::Any + Send)) -> String {
     e.downcast_ref::<&str>()
         .map(|s| (*s).to_string())
         .or_else(|| e.downcast_ref::<String>().cloned())

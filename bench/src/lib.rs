@@ -11,6 +11,8 @@
 //!   JSON, `report.md` and SVG plots.
 //! - [`replay`]: `bounce replay` — `swiotlb_bounced` ftrace traces.
 //! - [`mapbench`]: `bounce map-bench` — the kernel's `dma_map_benchmark`.
+//! - [`stress`]: `bounce stress` — every strategy under full-rate concurrent load with
+//!   every byte checked by the device model and a full audit at the end.
 //! - [`registry`]: the name → strategy table; everything is generic over
 //!   `S: Strategy` and monomorphised per strategy.
 //! - [`cli`]: the clap command line.
@@ -28,6 +30,7 @@ pub mod record;
 pub mod registry;
 pub mod replay;
 pub mod report;
+pub mod stress;
 pub mod workload;
 
 #[cfg(test)]

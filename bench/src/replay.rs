@@ -12,7 +12,8 @@
 //! Lines starting with `#` (the ftrace header) and blank lines are skipped; events of
 //! other tracepoints in the same buffer are skipped and counted; bare tracepoint lines
 //! without a prefix are accepted. Anything else is malformed: an error naming the line
-//! number, or counted and skipped with `--skip-bad`.
+//! number, or counted and skipped with `--skip-bad`. A `size=` above
+//! [`MAX_EVENT_SIZE`] (1 GiB) is malformed too: no bounce pool holds such a mapping.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -24,6 +25,13 @@ use bounce_framework::{BouncerOptions, DmaAttrs, DmaDirection, Platform, Strateg
 use crate::engine::{boot, Ctor, Machine, RunError};
 use crate::registry::StrategyVisitor;
 use crate::workload::{DeviceSpec, Handoff, Op, Plan};
+
+/// The largest `size=` an event may have: 1 GiB, the largest bounce pool Linux 6.12
+/// sizes by default for a confidential guest (and the size-class strategies' largest
+/// default cap); a mapping larger than its pool cannot be bounced, so such a line is
+/// refused ([`LineError::TooLarge`]) instead of turned into a plan. Well below
+/// `u32::MAX`, so sizes, in-page offsets and extents stay exact in a replay plan.
+pub const MAX_EVENT_SIZE: usize = 1 << 30;
 
 /// One `swiotlb_bounced` event.
 #[derive(Clone, Debug, PartialEq)]
@@ -70,6 +78,9 @@ pub enum LineError {
     /// A zero-byte mapping cannot be bounced.
     #[error("`size=0`: a zero-byte mapping cannot be replayed")]
     ZeroSize,
+    /// `size=` is above [`MAX_EVENT_SIZE`].
+    #[error("`size={0}` is larger than any bounce pool (at most 1073741824 bytes, 1 GiB)")]
+    TooLarge(String),
     /// The last field is not `FORCE` or `NORMAL`.
     #[error("`{0}` where `FORCE` or `NORMAL` was expected")]
     BadMode(String),
@@ -129,10 +140,16 @@ fn parse_body(body: &str) -> Result<(String, u64, u64, usize, bool), LineError> 
     let mask = parse_hex("dma_mask", &field(it.next(), "dma_mask=")?)?;
     let addr = parse_hex("dev_addr", &field(it.next(), "dev_addr=")?)?;
     let size_s = field(it.next(), "size=")?;
-    let size: usize = size_s.parse().map_err(|_| LineError::BadSize(size_s.clone()))?;
-    if size == 0 {
-        return Err(LineError::ZeroSize);
-    }
+    let size: usize = match size_s.parse::<u64>() {
+        Ok(0) => return Err(LineError::ZeroSize),
+        Ok(n) if n <= MAX_EVENT_SIZE as u64 => n as usize,
+        Ok(_) => return Err(LineError::TooLarge(size_s)),
+        // Digits that overflow even 64 bits: a decimal count, just an impossible one.
+        Err(_) if !size_s.is_empty() && size_s.bytes().all(|b| b.is_ascii_digit()) => {
+            return Err(LineError::TooLarge(size_s))
+        }
+        Err(_) => return Err(LineError::BadSize(size_s)),
+    };
     let force = match it.next() {
         Some("FORCE") => true,
         Some("NORMAL") => false,
@@ -257,16 +274,43 @@ impl fmt::Display for TraceEvent {
     }
 }
 
+/// The most distinct (device name, DMA mask) pairs a replayed trace may have: a plan's
+/// operations name their device with a `u8`.
+pub const MAX_TRACE_DEVICES: usize = 1 << u8::BITS;
+
+/// A trace [`plan_from_trace`] cannot replay.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: device `{dev_name}` (dma_mask {dma_mask:#x}) is the trace's device number {count}; at most {max} distinct (name, mask) pairs can be replayed", count = MAX_TRACE_DEVICES + 1, max = MAX_TRACE_DEVICES)]
+pub struct TooManyDevices {
+    /// Line of the first event naming a device beyond the limit.
+    pub line: usize,
+    /// Its device name.
+    pub dev_name: String,
+    /// Its DMA mask.
+    pub dma_mask: u64,
+}
+
 /// Turns a trace into a plan: one device per (name, mask), the original buffer at the
-/// traced address's page offset, each event mapped on its traced CPU.
-pub fn plan_from_trace(name: &str, trace: &Trace, o: &ReplayOptions) -> Plan {
+/// traced address's page offset, each event mapped on its traced CPU. Event sizes are
+/// at most [`MAX_EVENT_SIZE`] as [`parse_line`] returns them; a hand-built event above it
+/// is replayed at that size.
+///
+/// # Errors
+/// [`TooManyDevices`] when the trace has more than [`MAX_TRACE_DEVICES`] distinct
+/// (name, mask) pairs.
+pub fn plan_from_trace(name: &str, trace: &Trace, o: &ReplayOptions) -> Result<Plan, TooManyDevices> {
     let threads = o.threads.max(1);
     let mut index: HashMap<(String, u64), u8> = HashMap::new();
     let mut devices: Vec<DeviceSpec> = Vec::new();
     let mut streams = vec![Vec::new(); threads];
     for (i, e) in trace.events.iter().enumerate() {
         let key = (e.dev_name.clone(), e.dma_mask);
-        let d = *index.entry(key).or_insert_with(|| {
+        let d = if let Some(&d) = index.get(&key) {
+            d
+        } else {
+            let Ok(d) = u8::try_from(devices.len()) else {
+                return Err(TooManyDevices { line: e.line, dev_name: e.dev_name.clone(), dma_mask: e.dma_mask });
+            };
             let mask = o
                 .min_align
                 .iter()
@@ -274,13 +318,16 @@ pub fn plan_from_trace(name: &str, trace: &Trace, o: &ReplayOptions) -> Plan {
                 .map_or(if e.dev_name.starts_with("nvme") { 4095 } else { 0 }, |(_, m)| *m);
             let dev = bounce_framework::Device::new(&e.dev_name).with_dma_mask(e.dma_mask).with_min_align_mask(mask);
             devices.push(DeviceSpec { device: dev, depth: o.inflight.max(1), max_extent: 0 });
-            (devices.len() - 1) as u8
-        });
+            index.insert(key, d);
+            d
+        };
         let offset = (e.dev_addr & 0xfff) as u32;
+        let size = e.size.min(MAX_EVENT_SIZE);
         let spec = &mut devices[usize::from(d)];
-        spec.max_extent = spec.max_extent.max(offset as usize + e.size);
+        // At most 1 GiB + 4095: no overflow, and the size below converts exactly.
+        spec.max_extent = spec.max_extent.max(offset as usize + size);
         let t = e.cpu.map_or(i % threads, |c| c as usize % threads);
-        let size = u32::try_from(e.size).unwrap_or(u32::MAX);
+        let size = u32::try_from(size).unwrap_or(u32::MAX);
         streams[t].push(Op { device: d, dir: o.dir, size, offset, cpu: e.cpu.map(|c| c as u16) });
     }
     for s in &mut streams {
@@ -289,7 +336,7 @@ pub fn plan_from_trace(name: &str, trace: &Trace, o: &ReplayOptions) -> Plan {
             s.extend_from_slice(&one);
         }
     }
-    Plan { name: name.to_string(), devices, streams, handoff: Handoff::SameCpu, burst: None, repeat: false }
+    Ok(Plan { name: name.to_string(), devices, streams, handoff: Handoff::SameCpu, burst: None, repeat: false })
 }
 
 /// Records a sample trace: runs `plan` on one thread, interleaving its per-thread
@@ -316,7 +363,7 @@ impl StrategyVisitor for Recorder<'_> {
         for _ in 0..cpus {
             let mut per = Vec::new();
             for d in &self.plan.devices {
-                let bytes = d.depth * d.max_extent.next_multiple_of(4096);
+                let bytes = d.depth.saturating_mul(d.max_extent.next_multiple_of(4096));
                 per.push(
                     guest
                         .alloc_private(bytes)
@@ -471,6 +518,49 @@ mod tests {
         );
     }
 
+    /// Regression (fuzz finding `fuzz/regressions/trace/plan-extent-overflow`): a
+    /// `size=` up to `usize::MAX` was accepted, and `offset + size` overflowed in
+    /// [`plan_from_trace`]. Sizes above [`MAX_EVENT_SIZE`] are refused when parsed.
+    #[test]
+    fn impossible_sizes_are_refused_and_the_largest_plans_exactly() {
+        let line = |size: &str| format!("dev_name: e dma_mask=0 dev_addr=fff size={size} FORCE");
+        for size in ["18446744073709551615", "99999999999999999999999", "4294967296", "1073741825"] {
+            assert_eq!(parse_line(1, &line(size)), Err(LineError::TooLarge(size.into())), "{size}");
+        }
+        let e = parse_trace(&line("18446744073709551615"), false).unwrap_err();
+        assert!(e.to_string().contains("larger than any bounce pool"), "{e}");
+        assert_eq!(parse_line(1, &line("12x")), Err(LineError::BadSize("12x".into())));
+        let t = parse_trace(&line("1073741824"), false).unwrap();
+        assert_eq!(t.events[0].size, MAX_EVENT_SIZE);
+        let o = ReplayOptions { threads: 1, inflight: 2, dir: DmaDirection::ToDevice, repeat: 1, min_align: vec![] };
+        let p = plan_from_trace("big", &t, &o).unwrap();
+        assert_eq!(p.devices[0].max_extent, MAX_EVENT_SIZE + 0xfff);
+        assert_eq!((p.streams[0][0].size, p.streams[0][0].offset), (1 << 30, 0xfff));
+        // A hand-built event beyond the limit (not from the parser) plans at the limit.
+        let mut huge = t.clone();
+        huge.events[0].size = usize::MAX;
+        assert_eq!(plan_from_trace("huge", &huge, &o).unwrap().devices[0].max_extent, MAX_EVENT_SIZE + 0xfff);
+    }
+
+    /// Device numbers were `u8` casts: device 257 silently became device 1.
+    #[test]
+    fn a_trace_with_more_devices_than_a_plan_can_name_is_refused() {
+        let text = |n: usize| {
+            (0..n)
+                .fold(String::new(), |t, i| t + &format!("dev_name: d{i} dma_mask=ffffffff dev_addr=1 size=8 FORCE\n"))
+        };
+        let o = ReplayOptions { threads: 2, inflight: 1, dir: DmaDirection::ToDevice, repeat: 1, min_align: vec![] };
+        let p = plan_from_trace("max", &parse_trace(&text(MAX_TRACE_DEVICES), false).unwrap(), &o).unwrap();
+        assert_eq!(p.devices.len(), MAX_TRACE_DEVICES);
+        let mut named: Vec<u8> = p.streams.iter().flatten().map(|op| op.device).collect();
+        named.sort_unstable();
+        named.dedup();
+        assert_eq!(named.len(), MAX_TRACE_DEVICES, "every device keeps its own number");
+        let e = plan_from_trace("over", &parse_trace(&text(MAX_TRACE_DEVICES + 1), false).unwrap(), &o).unwrap_err();
+        assert_eq!((e.line, e.dev_name.as_str()), (MAX_TRACE_DEVICES + 1, "d256"));
+        assert!(e.to_string().contains("at most 256"), "{e}");
+    }
+
     #[test]
     fn whole_trace_errors_carry_line_numbers_and_skip_bad_counts() {
         let text =
@@ -493,7 +583,7 @@ mod tests {
         );
         let t = parse_trace(&text, false).unwrap();
         let o = ReplayOptions { threads: 2, inflight: 8, dir: DmaDirection::ToDevice, repeat: 2, min_align: vec![] };
-        let p = plan_from_trace("replay:t", &t, &o);
+        let p = plan_from_trace("replay:t", &t, &o).unwrap();
         assert_eq!(p.devices.len(), 2);
         assert_eq!(p.devices[0].device.min_align_mask, 4095, "nvme devices get min_align_mask 4095");
         assert_eq!(p.devices[1].device.min_align_mask, 0);
@@ -506,6 +596,6 @@ mod tests {
         assert_eq!(p.streams[1][0].offset, 0x200);
         assert_eq!(p.devices[0].max_extent, 0x200 + 4096);
         let o2 = ReplayOptions { min_align: vec![("nvme0".into(), 0)], ..o };
-        assert_eq!(plan_from_trace("r", &t, &o2).devices[0].device.min_align_mask, 0);
+        assert_eq!(plan_from_trace("r", &t, &o2).unwrap().devices[0].device.min_align_mask, 0);
     }
 }

@@ -162,7 +162,7 @@ dev_name: virtio-net dma_mask=ffffffffffffffff dev_addr=3000 size=60 FORCE
         repeat: 50,
         min_align: vec![],
     };
-    let plan = Arc::new(plan_from_trace("replay:t", &trace, &o));
+    let plan = Arc::new(plan_from_trace("replay:t", &trace, &o).unwrap());
     let n = plan.total_ops() as u64;
     assert_eq!(n, 150);
     let r = run_phase(
@@ -311,4 +311,28 @@ fn median_round_reports_the_middle_round_and_the_spread() {
     let r =
         crate::record::median_round(vec![rec("legacy", "net", 2, 5.0, 1.0), bad, rec("legacy", "net", 2, 9.0, 1.0)]);
     assert_eq!(r.problem.as_deref(), Some("2 device-model violations"), "a problem in any round is reported");
+}
+
+#[test]
+fn scrub_on_the_command_line_reaches_the_bouncer() {
+    use bounce_framework::{Device, DmaAttrs, DmaDirection};
+    let plan = Workload::Net.plan(1, 64, 5, true);
+    for scrub in [false, true] {
+        let mut m = machine();
+        m.boot = BootConfig::parse(if scrub { "swiotlb.scrub=on" } else { "" }, &[]).unwrap();
+        let b =
+            crate::engine::boot(Classes::from_boot, "fixture", &m, &plan, bounce_framework::BouncerOptions::default())
+                .unwrap();
+        let guest = b.platform().clone();
+        let orig = guest.alloc_private(4096).unwrap();
+        guest.write(orig, &[0xa5; 512]);
+        let dev = Device::new("scrub");
+        let dma = b.map_single(&dev, orig, 512, DmaDirection::ToDevice, DmaAttrs::empty()).unwrap();
+        let tlb = bounce_framework::PhysAddr(dma.0);
+        b.unmap_single(&dev, dma, 512, DmaDirection::ToDevice, DmaAttrs::empty()).unwrap();
+        let left = guest.read_vec(tlb, 512);
+        let want = if scrub { 0 } else { 0xa5 };
+        assert!(left.iter().all(|&x| x == want), "scrub={scrub}: the freed bounce buffer holds {:?}", &left[..8]);
+        guest.free_private(orig, 4096);
+    }
 }

@@ -1,16 +1,11 @@
 //! The `bounce` binary end to end: parsing, errors, a short verified compare of every
 //! strategy, replay of the shipped sample trace, and `map-bench`.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
 
-fn bounce(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_bounce")).args(args).output().expect("running bounce")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use common::{bounce, json, text};
 
 #[track_caller]
 fn ok(args: &[&str]) -> (String, String) {
@@ -34,7 +29,7 @@ const STRATEGIES: [&str; 3] = ["legacy", "dynamic", "magazine"];
 #[test]
 fn help_on_every_subcommand() {
     let (out, _) = ok(&["--help"]);
-    for sub in ["compare", "replay", "map-bench", "record", "list"] {
+    for sub in ["compare", "replay", "map-bench", "record", "stress", "list"] {
         assert!(out.contains(sub), "top-level help lists {sub}");
         let (h, _) = ok(&[sub, "--help"]);
         assert!(h.contains("Usage: bounce"), "{sub} --help:\n{h}");
@@ -144,10 +139,6 @@ fn map_bench_validates_like_the_kernel_tool() {
     fails(&["map-bench", "-n", "3", "--duration", "50ms"], 1, "ioctl: Invalid argument");
     // dma_set_mask() refuses a mask below ZONE_DMA (16 MiB).
     fails(&["map-bench", "-b", "20", "--duration", "50ms"], 1, "ioctl: Invalid argument");
-}
-
-fn json(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).expect("json written")).expect("valid JSON")
 }
 
 const KEYS: [&str; 14] = [

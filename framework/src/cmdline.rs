@@ -4,7 +4,7 @@
 //!
 //! | token | meaning |
 //! |---|---|
-//! | `swiotlb=<slots>[,<areas>][,force\|noforce]` | Linux's parameter, parsed as `setup_io_tlb_npages()` does: numbers in C notation (`0x` hex, leading `0` octal), slots rounded up to a multiple of 128 (`IO_TLB_SEGSIZE`), areas rounded up to a power of two. Given twice, the later one wins, as in Linux. |
+//! | `swiotlb=<slots>[,<areas>][,force\|noforce]` | Linux's parameter, parsed as `setup_io_tlb_npages()` does: numbers in C notation (`0x` hex, leading `0` octal), slots rounded up to a multiple of 128 (`IO_TLB_SEGSIZE`), areas rounded up to a power of two. Given more than once, each token sets only what it names, as in Linux (see [`SwiotlbParam::merge`]). |
 //! | `swiotlb.strategy=<name>` | the strategy to boot (`legacy`, `dynamic`, `magazine`, or any name the caller registers) |
 //! | `swiotlb.scrub=on\|off` | clear bounce buffers before they return to a free list |
 //! | `swiotlb.<strategy>.<param>=<value>` | a strategy's own parameter; the strategy validates it with [`StrategyParams`] |
@@ -37,6 +37,25 @@ pub struct SwiotlbParam {
     pub nareas: Option<usize>,
     /// `force` or `noforce`.
     pub force: Option<ForceMode>,
+}
+
+impl SwiotlbParam {
+    /// Applies a later `swiotlb=` token on top of `self`, as Linux's
+    /// `setup_io_tlb_npages()` does: it runs once per token and sets only the globals
+    /// the token names. So `swiotlb=65536 swiotlb=force` is 65536 slots *and* `force`;
+    /// a slot or area count given again replaces the earlier one. `force` and `noforce`
+    /// set two separate flags that nothing clears, and Linux checks
+    /// `swiotlb_force_disable` first (`swiotlb_init_remap()`), so a `noforce` anywhere
+    /// wins over any `force`.
+    #[must_use]
+    pub fn merge(self, later: SwiotlbParam) -> SwiotlbParam {
+        let force = match (self.force, later.force) {
+            (Some(ForceMode::NoForce), _) | (_, Some(ForceMode::NoForce)) => Some(ForceMode::NoForce),
+            (earlier, None) => earlier,
+            (_, f @ Some(ForceMode::Force)) => f,
+        };
+        SwiotlbParam { nslabs: later.nslabs.or(self.nslabs), nareas: later.nareas.or(self.nareas), force }
+    }
 }
 
 /// One `swiotlb.<strategy>.<param>=<value>` token.
@@ -202,7 +221,7 @@ impl BootConfig {
             };
             if key == "swiotlb" {
                 let v = value.unwrap_or("");
-                cfg.swiotlb = parse_swiotlb_value(token, v)?;
+                cfg.swiotlb = cfg.swiotlb.merge(parse_swiotlb_value(token, v)?);
                 continue;
             }
             let Some(sub) = key.strip_prefix("swiotlb.") else { continue };
@@ -419,10 +438,33 @@ mod tests {
         let p = c.params_for("dynamic");
         assert_eq!(p.get("classes").unwrap().value, "512:256,2048:64");
         assert!(c.params_for("magazine").get("classes").is_none());
-        // later swiotlb= wins, as in Linux
+        // a later count replaces an earlier one, as in Linux
         let c = BootConfig::parse("swiotlb=1024 swiotlb=2048", KNOWN).unwrap();
         assert_eq!(c.swiotlb.nslabs, Some(2048));
         assert_eq!(BootConfig::parse("", KNOWN).unwrap(), BootConfig::default());
+    }
+
+    /// Regression (fuzz finding `regressions/cmdline/swiotlb-twice`): each `swiotlb=`
+    /// token sets only what it names, as `setup_io_tlb_npages()` runs once per token.
+    #[test]
+    fn repeated_swiotlb_tokens_merge_field_by_field_as_in_linux() {
+        let p = |s: &str| BootConfig::parse(s, KNOWN).unwrap().swiotlb;
+        let param = |nslabs, nareas, force| SwiotlbParam { nslabs, nareas, force };
+        assert_eq!(p("swiotlb=65536 swiotlb=force"), param(Some(65536), None, Some(ForceMode::Force)));
+        assert_eq!(p("swiotlb=force swiotlb=65536"), param(Some(65536), None, Some(ForceMode::Force)));
+        assert_eq!(p("swiotlb=65536,8 swiotlb=,2"), param(Some(65536), Some(2), None));
+        assert_eq!(p("swiotlb=65536,8,force swiotlb=1024"), param(Some(1024), Some(8), Some(ForceMode::Force)));
+        assert_eq!(p("swiotlb=1024 quiet swiotlb= swiotlb=,4"), param(Some(1024), Some(4), None));
+        // `noforce` sets swiotlb_force_disable, which Linux checks before
+        // swiotlb_force_bounce: it wins in either order.
+        assert_eq!(p("swiotlb=noforce swiotlb=4096,force").force, Some(ForceMode::NoForce));
+        assert_eq!(p("swiotlb=force swiotlb=noforce").force, Some(ForceMode::NoForce));
+        assert_eq!(p("swiotlb=force swiotlb=force").force, Some(ForceMode::Force));
+        // A bad later token is still an error naming it, whatever came before.
+        assert!(matches!(
+            BootConfig::parse("swiotlb=65536 swiotlb=12abc", KNOWN),
+            Err(CmdlineError::Unexpected { token, .. }) if token == "swiotlb=12abc"
+        ));
     }
 
     #[test]

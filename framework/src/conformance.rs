@@ -609,6 +609,118 @@ pub fn hostile_host_cannot_reach_guest_memory<S: Strategy>(make: &dyn Fn(&SimGue
     e.check();
 }
 
+/// Hostile host, no double fetch, every direction: each operation touches shared memory
+/// exactly as the copy rules say and no more — map copies `size` bytes in (any
+/// direction), `sync_for_device` copies in only for `ToDevice`/`Bidirectional`,
+/// `sync_for_cpu` and unmap copy out only for `FromDevice`/`Bidirectional`, unmap with
+/// `SKIP_CPU_SYNC` copies nothing — each copy in one call. The host rewrites the bounce
+/// buffer after every operation; the original only ever holds what was there when the
+/// guest copied.
+pub fn copy_counts_per_direction<S: Strategy>(make: &dyn Fn(&SimGuest) -> S) {
+    let e = env(make);
+    assert!(e.guest.config().track_copies);
+    let dev = e.net.device();
+    let size = 5000;
+    // (bytes into shared, bytes out of shared, copy calls) between two snapshots.
+    let delta = |a: &crate::sim::SimStats, b: &crate::sim::SimStats| {
+        (
+            b.bytes_into_shared - a.bytes_into_shared,
+            b.bytes_out_of_shared - a.bytes_out_of_shared,
+            b.shared_copy_calls - a.shared_copy_calls,
+        )
+    };
+    let n = size as u64;
+    for dir in DmaDirection::ALL {
+        for skip in [false, true] {
+            let seed = 700 + 10 * dir as u64 + u64::from(skip);
+            let orig = e.buffer(size, 0, seed);
+            let s0 = e.guest.stats();
+            let dma = e.bouncer.map_single(dev, orig, size, dir, DmaAttrs::empty()).unwrap();
+            let s1 = e.guest.stats();
+            assert_eq!(delta(&s0, &s1), (n, 0, 1), "{dir}: map copies in once, whatever the direction");
+            // The CPU updates the original and hands it to the device again.
+            e.guest.write(orig, &pattern(seed + 1, size));
+            e.bouncer.sync_single_for_device(dev, dma, size, dir).unwrap();
+            let s2 = e.guest.stats();
+            let want = if dir.to_device() { (n, 0, 1) } else { (0, 0, 0) };
+            assert_eq!(delta(&s1, &s2), want, "{dir}: sync_for_device");
+            // The device writes; the CPU syncs; the host rewrites right after the copy.
+            e.net.write(&*e.bouncer, dma, &pattern(seed + 2, size)).unwrap();
+            e.bouncer.sync_single_for_cpu(dev, dma, size, dir).unwrap();
+            let s3 = e.guest.stats();
+            let want = if dir.from_device() { (0, n, 1) } else { (0, 0, 0) };
+            assert_eq!(delta(&s2, &s3), want, "{dir}: sync_for_cpu");
+            e.net.host_write(dma, &pattern(seed + 3, size)).unwrap();
+            let synced = if dir.from_device() { pattern(seed + 2, size) } else { pattern(seed + 1, size) };
+            assert_eq!(
+                e.guest.read_vec(orig, size),
+                synced,
+                "{dir}: a host write after sync_for_cpu reached the guest"
+            );
+            // Unmap: copies out (the host's bytes: they are the device's last word) unless
+            // SKIP_CPU_SYNC or the direction says no; a host write afterwards changes nothing.
+            let attrs = if skip { DmaAttrs::SKIP_CPU_SYNC } else { DmaAttrs::empty() };
+            e.bouncer.unmap_single(dev, dma, size, dir, attrs).unwrap();
+            let s4 = e.guest.stats();
+            let copies_back = dir.from_device() && !skip;
+            let want = if copies_back { (0, n, 1) } else { (0, 0, 0) };
+            assert_eq!(delta(&s3, &s4), want, "{dir}: unmap (skip {skip})");
+            let after = if copies_back { pattern(seed + 3, size) } else { synced };
+            assert_eq!(e.guest.read_vec(orig, size), after, "{dir}: unmap (skip {skip}) copied the wrong bytes");
+            if e.net.host_write(dma, &pattern(seed + 4, size)).is_ok() {
+                assert_eq!(e.guest.read_vec(orig, size), after, "{dir}: a host write after unmap reached the guest");
+            }
+            assert_eq!(delta(&s4, &e.guest.stats()), (0, 0, 0), "the host's writes are no guest copies");
+            e.check();
+        }
+    }
+}
+
+/// CVE-2022-0854, with the reuse forced: a secret goes through a bounce buffer and is
+/// unmapped (no scrub); every other buffer is then taken, so the next mapping must land
+/// on the secret's buffer. Whatever its direction, the device (and the host) see the new
+/// original's bytes there, never the secret.
+pub fn reused_buffer_never_shows_stale_data<S: Strategy>(make: &dyn Fn(&SimGuest) -> S) {
+    let e = env(make);
+    let dev = e.net.device();
+    let size = 8192;
+    let secret = e.buffer(size, 0, 800);
+    let filler = e.buffer(size, 0, 801);
+    for dir in DmaDirection::ALL {
+        let secret_dma = e.bouncer.map_single(dev, secret, size, DmaDirection::ToDevice, DmaAttrs::empty()).unwrap();
+        let mut live = Vec::new();
+        let err = loop {
+            assert!(live.len() < 8192, "no exhaustion after 64 MiB of mappings: the suite expects pools under 32 MiB");
+            match e.bouncer.map_single(dev, filler, size, DmaDirection::ToDevice, DmaAttrs::empty()) {
+                Ok(d) => live.push(d),
+                Err(err) => break err,
+            }
+        };
+        assert!(matches!(err.reason(), FailureReason::Exhausted | FailureReason::Cap), "{err}");
+        e.bouncer.unmap_single(dev, secret_dma, size, DmaDirection::ToDevice, DmaAttrs::empty()).unwrap();
+        let seed = 810 + dir as u64;
+        let orig = e.buffer(size, 0, seed);
+        let dma = e
+            .bouncer
+            .map_single(dev, orig, size, dir, DmaAttrs::empty())
+            .expect("the secret's freed buffer serves the next mapping");
+        let (now_at, was_at) = (e.guest.dma_to_phys(dma).0, e.guest.dma_to_phys(secret_dma).0);
+        assert!(
+            now_at < was_at + size as u64 && was_at < now_at + size as u64,
+            "{dir}: the pool was full but the mapping at {dma} does not reuse the secret's buffer at {secret_dma}"
+        );
+        assert_eq!(e.dev_read(&e.net, dma, size), pattern(seed, size), "{dir}: the device saw stale bounce data");
+        let mut host_view = vec![0; size];
+        e.net.host_read(dma, &mut host_view).unwrap();
+        assert_eq!(host_view, pattern(seed, size), "{dir}: the host saw stale bounce data");
+        e.bouncer.unmap_single(dev, dma, size, dir, DmaAttrs::SKIP_CPU_SYNC).unwrap();
+        for d in live {
+            e.bouncer.unmap_single(dev, d, size, DmaDirection::ToDevice, DmaAttrs::empty()).unwrap();
+        }
+        e.check();
+    }
+}
+
 /// Two threads map, check and unmap concurrently; every byte arrives intact.
 pub fn concurrent_map_unmap<S: Strategy + 'static>(make: &dyn Fn(&SimGuest) -> S) {
     let e = env(make);
@@ -889,7 +1001,8 @@ macro_rules! conformance_suite {
             alloc_align_mask_honoured, max_mapping_size_is_exact, map_sg_all_or_nothing,
             exhaustion_is_an_error, bad_unmaps_change_nothing, bad_arguments_change_nothing,
             dma_mask_respected, statistics_add_up, scrub_clears_buffers, copies_each_direction_once,
-            hostile_host_cannot_reach_guest_memory, concurrent_map_unmap, random_sequences_match_model);
+            hostile_host_cannot_reach_guest_memory, copy_counts_per_direction, reused_buffer_never_shows_stale_data,
+            concurrent_map_unmap, random_sequences_match_model);
     };
     (@tests $make:expr; $($name:ident),* $(,)?) => {
         $(

@@ -196,6 +196,11 @@ macro_rules! strategy_trait {
             /// Walks every data structure and checks the strategy's invariants: every
             /// byte free, in flight or quarantined, counters matching. May sleep.
             ///
+            /// Maps, unmaps and syncs may run concurrently; [`run_background`](Self::run_background)
+            /// must not: the walk takes the locks one after another, and a pool grown or
+            /// shrunk in between reads as a broken invariant. Callers serialise the two
+            /// (`bounce stress` pauses its refill thread for a mid-run audit).
+            ///
             /// # Errors
             /// An [`AuditError`](::bounce_framework::AuditError) naming the first
             /// inconsistency.

@@ -959,7 +959,10 @@ int bounce_background_pending(const struct bounce *b);
  * `-EINVAL` for a NULL `b`.
  *
  * # Context
- * Process context (may sleep; takes every lock in turn).
+ * Process context (may sleep; takes every lock in turn), not concurrently with
+ * `bounce_run_background()` on the same instance: the walk takes the locks one after
+ * another, and a pool grown or shrunk in between reads as a broken invariant. Maps,
+ * unmaps and syncs may run concurrently.
  *
  * # Safety
  * `b` is NULL or a live instance; `out` is NULL or writable.

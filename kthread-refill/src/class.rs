@@ -34,6 +34,13 @@ pub const MIN_CLASS_SIZE: usize = 64;
 pub const MAX_CLASS_SIZE: usize = 64 << 20;
 /// The most classes a table holds.
 pub const MAX_CLASSES: usize = 16;
+/// The smallest largest class a boot command line may configure (8 KiB): the largest
+/// class bounds [`ClassTable::max_mapping_size`], which must let every device map at
+/// least a page from any original, NVMe's `min_align_mask` of `PAGE_SIZE - 1`
+/// included: `largest - (PAGE_SIZE - 1) >= PAGE_SIZE`, and sizes are powers of two.
+/// Below it Linux drivers that size their requests from `dma_max_mapping_size()` break
+/// (NVMe's `max_hw_sectors` would be 0), so [`parse_classes`] refuses such a list.
+pub const MIN_LARGEST_CLASS: usize = 2 * PAGE_SIZE;
 
 /// One class as configured: size and watermarks, in buffers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -251,6 +258,9 @@ impl ClassTable {
 
     /// The longest mapping every original address can get for a device with
     /// `min_align_mask`: the largest class minus the worst-case in-buffer offset.
+    /// A table whose largest class is below [`MIN_LARGEST_CLASS`] (accepted here for
+    /// tests and experiments; a boot command line cannot configure one) gives less
+    /// than a page for `min_align_mask` `PAGE_SIZE - 1`.
     pub fn max_mapping_size(&self, min_align_mask: u64) -> usize {
         let largest = self.largest();
         if ClassTable::required_align(0, min_align_mask) > largest.align as u64 {
@@ -265,7 +275,8 @@ impl ClassTable {
 ///
 /// # Errors
 /// [`CmdlineError`] naming `token` for malformed numbers, missing fields or values out
-/// of range (power-of-two sizes, increasing order, `low <= target <= high`).
+/// of range (power-of-two sizes, increasing order, `low <= target <= high`, a largest
+/// class of at least [`MIN_LARGEST_CLASS`]).
 pub fn parse_classes(token: &str, value: &str) -> Result<Vec<ClassSpec>, CmdlineError> {
     let bad = |v: &str| CmdlineError::BadNumber { token: token.to_string(), value: v.to_string() };
     let range = |reason: String| CmdlineError::OutOfRange { token: token.to_string(), reason };
@@ -314,6 +325,15 @@ pub fn parse_classes(token: &str, value: &str) -> Result<Vec<ClassSpec>, Cmdline
             return Err(range(format!("at most {MAX_CLASSES} classes")));
         }
         out.push(ClassSpec { size, target, low, high });
+    }
+    let largest = out.last().map_or(0, |c| c.size);
+    if largest < MIN_LARGEST_CLASS {
+        return Err(range(format!(
+            "the largest class is {largest} bytes: it must be at least {MIN_LARGEST_CLASS} so that every device \
+             can map a page (with min_align_mask {:#x}, as NVMe sets, the largest mapping would be {} bytes)",
+            PAGE_SIZE - 1,
+            largest.saturating_sub(PAGE_SIZE - 1)
+        )));
     }
     Ok(out)
 }
@@ -385,13 +405,35 @@ mod tests {
     fn class_lists_parse_and_reject_junk() {
         let tok = "swiotlb.dynamic.classes=x";
         assert_eq!(
-            parse_classes(tok, "512:256,2K:100:10:400").unwrap(),
-            [ClassSpec::new(512, 256), ClassSpec { size: 2048, target: 100, low: Some(10), high: Some(400) }]
+            parse_classes(tok, "512:256,8K:100:10:400").unwrap(),
+            [ClassSpec::new(512, 256), ClassSpec { size: 8192, target: 100, low: Some(10), high: Some(400) }]
         );
-        for bad in ["", "512", "512:", "3000:1", "512:0", "2048:1,512:1", "512:10:20", "512:10:5:6", "512:1:0:1:9"] {
+        for bad in ["", "8K", "8K:", "3000:1", "8K:0", "2048:1,512:1", "8K:10:20", "8K:10:5:6", "8K:1:0:1:9"] {
             let e = parse_classes(tok, bad).unwrap_err();
             assert!(e.to_string().contains(tok), "{bad}: {e}");
         }
+    }
+
+    /// Regression (fuzz finding `regressions/boot/dynamic-largest-class-2k`): a class
+    /// list whose largest class cannot map a page at NVMe's worst in-page offset is
+    /// refused when parsed, naming the token; 8 KiB is the smallest largest class.
+    #[test]
+    fn class_lists_whose_largest_class_cannot_map_a_page_are_refused() {
+        let tok = "swiotlb.dynamic.classes=512:256,2048:64";
+        for small in ["512:256,2048:64", "4K:16", "64:1,128:1,4K:1"] {
+            match parse_classes(tok, small) {
+                Err(e @ CmdlineError::OutOfRange { .. }) => {
+                    let msg = e.to_string();
+                    assert!(msg.contains(tok) && msg.contains("largest class"), "{small}: {msg}");
+                }
+                other => panic!("{small}: {other:?}"),
+            }
+        }
+        let smallest_ok = parse_classes(tok, "512:256,8K:4").unwrap();
+        let t = ClassTable::new(&smallest_ok, 1024, 10).unwrap();
+        assert_eq!(t.max_mapping_size(PAGE_SIZE as u64 - 1), PAGE_SIZE + 1);
+        assert!(t.max_mapping_size(0) >= PAGE_SIZE);
+        assert_eq!(MIN_LARGEST_CLASS, 8192);
     }
 
     #[test]

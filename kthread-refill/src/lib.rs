@@ -36,7 +36,9 @@ pub mod pools;
 pub mod runner;
 
 pub use chunk::{BufState, Chunk, FreeBuffer};
-pub use class::{parse_classes, ClassChoice, ClassSpec, ClassTable, SizeClass, MAX_BUFFER_ALIGN, SEED_CLASSES};
+pub use class::{
+    parse_classes, ClassChoice, ClassSpec, ClassTable, SizeClass, MAX_BUFFER_ALIGN, MIN_LARGEST_CLASS, SEED_CLASSES,
+};
 pub use index::ChunkIndex;
 pub use pool::{ClassPool, PoolAudit, PoolCounters};
 pub use pools::{

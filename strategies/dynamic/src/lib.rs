@@ -30,7 +30,7 @@
 //! ## Boot parameters
 //! | parameter | meaning | default |
 //! |---|---|---|
-//! | `swiotlb.dynamic.classes=<size>:<target>[:<low>[:<high>]],...` | size classes (power-of-two sizes, K/M suffixes) with their targets (free buffers kept ready) and optional low (wake) / high (shrink) watermarks | the seed's `512:256,2K:16384,4K:8192,16K:1024,512K:32`; low = target / 2, high = target |
+//! | `swiotlb.dynamic.classes=<size>:<target>[:<low>[:<high>]],...` | size classes (power-of-two sizes, K/M suffixes, the largest at least 8 KiB so a page maps at any `min_align_mask` offset) with their targets (free buffers kept ready) and optional low (wake) / high (shrink) watermarks | the seed's `512:256,2K:16384,4K:8192,16K:1024,512K:32`; low = target / 2, high = target |
 //! | `swiotlb.dynamic.cap=<size>` | cap on committed shared memory | `swiotlb=<slots>` × 2 KiB when given, else min(RAM / 4, 1 GiB) |
 //! | `swiotlb.dynamic.batch=<pages>` | pages per conversion batch | 1024 (`MAX_ORDER_NR_PAGES`) |
 //! | `swiotlb.dynamic.idle_ms=<ms>` | idle time before memory above the high watermark is returned | 1000 |

@@ -98,9 +98,36 @@ fn impossible_settings_are_config_errors() {
         Ok(_) => panic!("a 64 KiB cap cannot hold the seed's chunks"),
     }
     // Reserves larger than the cap: the boot fill fails with a grow error.
-    let boot =
-        BootConfig::parse("swiotlb.dynamic.classes=4K:4096 swiotlb.dynamic.reserve=50 swiotlb.dynamic.cap=4M", KNOWN)
-            .unwrap();
+    let boot = BootConfig::parse(
+        "swiotlb.dynamic.classes=4K:4096,8K:1 swiotlb.dynamic.reserve=50 swiotlb.dynamic.cap=4M",
+        KNOWN,
+    )
+    .unwrap();
     assert!(matches!(Dynamic::from_boot(g.clone(), &boot), Err(InitError::Grow(_))));
     assert_eq!(g.stats().shared_pages, 0, "a failed boot leaves nothing shared");
+}
+
+/// Regression (fuzz finding `fuzz/regressions/boot/dynamic-largest-class-2k`): a class
+/// list whose largest class cannot map a page at NVMe's in-page offsets is refused at
+/// boot, naming its token, and leaves nothing allocated.
+#[test]
+fn a_largest_class_below_8k_is_refused_at_boot() {
+    let g = SimGuest::with(PlatformKind::Tdx, 64 << 20, 2);
+    let tok = "swiotlb.dynamic.classes=512:256,2048:64";
+    let boot = BootConfig::parse(&format!("swiotlb.strategy=dynamic {tok}"), KNOWN).unwrap();
+    match Dynamic::from_boot(g.clone(), &boot) {
+        Err(InitError::Cmdline(e @ CmdlineError::OutOfRange { .. })) => {
+            assert!(e.to_string().contains(tok) && e.to_string().contains("largest class"), "{e}");
+        }
+        Err(e) => panic!("{e}"),
+        Ok(s) => panic!("booted with max_mapping_size {} for NVMe", s.max_mapping_size(&nvme())),
+    }
+    assert_eq!((g.stats().allocated_pages, g.stats().shared_pages), (0, 0));
+    let boot = BootConfig::parse("swiotlb.dynamic.classes=512:256,8K:4", KNOWN).unwrap();
+    let s = Dynamic::from_boot(g.clone(), &boot).unwrap();
+    assert!(s.max_mapping_size(&nvme()) >= bounce_framework::PAGE_SIZE);
+}
+
+fn nvme() -> bounce_framework::Device {
+    bounce_framework::Device::new("nvme0").with_min_align_mask(4095)
 }

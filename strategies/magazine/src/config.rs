@@ -2,7 +2,7 @@
 //!
 //! | parameter | meaning | default | why |
 //! |---|---|---|---|
-//! | `classes=<size>:<target>[:<low>[:<high>]],...` | size classes and refill watermarks (the refill engine's, as `swiotlb.dynamic.classes`) | the seed's `512:256,2K:16384,4K:8192,16K:1024,512K:32` | the cc-swiotlb classes cover 96 % of boot mappings (SPEC §5) |
+//! | `classes=<size>:<target>[:<low>[:<high>]],...` | size classes and refill watermarks (the refill engine's, as `swiotlb.dynamic.classes`; the largest at least 8 KiB) | the seed's `512:256,2K:16384,4K:8192,16K:1024,512K:32` | the cc-swiotlb classes cover 96 % of boot mappings (SPEC §5) |
 //! | `cap=<size>` | cap on committed shared memory | `swiotlb=<slots>` × 2 KiB when given, else min(RAM / 4, 1 GiB) | as the dynamic strategy |
 //! | `batch=<pages>` | pages per conversion batch | 1024 | `MAX_ORDER_NR_PAGES`: one conversion call per batch |
 //! | `idle_ms=<ms>` | idle time before pool memory above the high watermark is converted back | 1000 | as the dynamic strategy |

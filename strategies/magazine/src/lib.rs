@@ -259,9 +259,13 @@ impl<P: Platform> Magazine<P> {
         now.saturating_sub(last.load(Ordering::Relaxed)) >= period
     }
 
-    /// Whether a depot wants stocking and its pool has buffers to stock it with.
+    /// Whether a depot wants stocking and its pool has buffers stocking may take: more
+    /// than the class's emergency reserve, which [`MagazineLayer::fill`] leaves alone.
+    /// (Counting the reserve kept a starved class pending forever once its pool held
+    /// only reserve buffers, e.g. at the cap: the engine spun and never went idle.)
     fn stock_pending(&self) -> bool {
-        (0..self.layer.class_count()).any(|c| self.layer.is_starved(c) && self.pools.free_count(c) > 0)
+        (0..self.layer.class_count())
+            .any(|c| self.layer.is_starved(c) && self.pools.free_count(c) > self.pools.class(c).reserve)
     }
 
     /// One background run at `now` on the caller's clock: depot trimming and reaping

@@ -111,3 +111,22 @@ fn inconsistent_magazine_sizes_are_refused_with_a_reason() {
     let s = boot(&g, "swiotlb.magazine.rounds=200").unwrap();
     assert_eq!(s.layer().rounds(0), 200);
 }
+
+/// Regression (fuzz finding `fuzz/regressions/boot/dynamic-largest-class-2k`, reached
+/// through `Magazine::from_boot` too): a largest class below 8 KiB is refused at boot.
+#[test]
+fn a_largest_class_below_8k_is_refused_at_boot() {
+    let g = SimGuest::with(PlatformKind::Tdx, 64 << 20, 2);
+    let tok = "swiotlb.magazine.classes=512:256,4K:64";
+    match boot(&g, &format!("swiotlb.strategy=magazine {tok}")) {
+        Err(InitError::Cmdline(e @ CmdlineError::OutOfRange { .. })) => {
+            assert!(e.to_string().contains(tok) && e.to_string().contains("largest class"), "{e}");
+        }
+        Err(e) => panic!("{e}"),
+        Ok(s) => panic!("booted with max_mapping_size {}", s.max_mapping_size(&bounce_framework::Device::new("d"))),
+    }
+    assert_eq!((g.stats().allocated_pages, g.stats().shared_pages), (0, 0));
+    let s = boot(&g, "swiotlb.magazine.classes=512:256,8K:4").unwrap();
+    let nvme = bounce_framework::Device::new("nvme0").with_min_align_mask(4095);
+    assert!(s.max_mapping_size(&nvme) >= bounce_framework::PAGE_SIZE);
+}
