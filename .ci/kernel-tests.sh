@@ -18,8 +18,8 @@
 # Environment:
 #   BOUNCE_KERNEL_CACHE   cache root (default above)
 #   BOUNCE_KERNEL_DEBUG=1 also build the debug kernel (lockdep, DEBUG_ATOMIC_SLEEP,
-#                         DMA_API_DEBUG) and boot it with swiotlb.strategy=magazine
-#                         and swiotlb.strategy=dynamic (no splat allowed)
+#                         DMA_API_DEBUG) and boot it with swiotlb.strategy=legacy, dynamic
+#                         and magazine (no splat allowed)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 start=$(date +%s)
@@ -41,7 +41,7 @@ if [ "${BOUNCE_KERNEL_DEBUG:-0}" = 1 ] && [ "$rc" = 0 ]; then
   echo
   echo "kernel-tests: debug kernel (lockdep, DEBUG_ATOMIC_SLEEP, DMA_API_DEBUG)"
   kernel-binding/linux/run-guest-tests.sh --skip-setup --quiet --debug \
-    --configs "magazine dynamic" --append "bouncetest.skip=bench" || rc=$?
+    --configs "legacy dynamic magazine" --append "bouncetest.skip=bench" || rc=$?
 fi
 
 echo "kernel-tests: $([ "$rc" = 0 ] && echo passed || echo FAILED) in $(( $(date +%s) - start )) s"
