@@ -15,14 +15,14 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier};
+use std::sync::{Arc, Barrier, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use bounce_framework::sim::{set_current_cpu, PlatformKind, SimConfig, SimDevice, SimGuest};
 use bounce_framework::{
-    BootConfig, BounceSnapshot, Bouncer, BouncerOptions, ConversionStats, DmaAddr, DmaAttrs, DmaDirection, InitError,
-    PhysAddr, Platform, PoolStats, Strategy, PAGE_SIZE,
+    BackgroundReport, BootConfig, BounceSnapshot, Bouncer, BouncerOptions, ConversionStats, DmaAddr, DmaAttrs,
+    DmaDirection, InitError, PhysAddr, Platform, PoolStats, Strategy, PAGE_SIZE,
 };
 use crossbeam_queue::ArrayQueue;
 use hdrhistogram::Histogram;
@@ -269,6 +269,25 @@ pub fn buffer_bytes(plan: &Plan) -> usize {
 
 pub(crate) fn slot_size(max_extent: usize) -> usize {
     max_extent.next_multiple_of(PAGE_SIZE)
+}
+
+/// The buffers for the original data: per thread of `plan`, one region of `depth`
+/// slots per device, every byte set to `fill`.
+pub(crate) fn alloc_regions(guest: &SimGuest, plan: &Plan, fill: u8) -> Result<Vec<Vec<PhysAddr>>, RunError> {
+    let mut regions = Vec::with_capacity(plan.streams.len());
+    for _ in &plan.streams {
+        let mut per = Vec::with_capacity(plan.devices.len());
+        for d in &plan.devices {
+            let bytes = d.depth * slot_size(d.max_extent);
+            let a = guest
+                .alloc_private(bytes)
+                .map_err(|_| RunError::NoMemory { memory: guest.config().memory_bytes, need: buffer_bytes(plan) })?;
+            guest.fill(a, fill, bytes);
+            per.push(a);
+        }
+        regions.push(per);
+    }
+    Ok(regions)
 }
 
 /// A live mapping.
@@ -673,8 +692,24 @@ impl RefillThread {
     /// When the OS cannot spawn a thread.
     pub fn start<S: Strategy + 'static>(bouncer: Arc<Bouncer<SimGuest, S>>) -> Self {
         let guest = bouncer.platform().clone();
-        let runner = bounce_refill::ThreadRunner::for_sim(guest, move || bouncer.run_background())
-            .expect("spawning the refill thread");
+        Self::spawn(guest, move || bouncer.run_background())
+    }
+
+    /// Starts the thread with each run holding `pause`: whoever takes the lock between
+    /// two runs (the `bounce stress` audits) finds no growth or shrink halfway done.
+    ///
+    /// # Panics
+    /// When the OS cannot spawn a thread.
+    pub fn start_pausable<S: Strategy + 'static>(bouncer: Arc<Bouncer<SimGuest, S>>, pause: Arc<Mutex<()>>) -> Self {
+        let guest = bouncer.platform().clone();
+        Self::spawn(guest, move || {
+            let _running = pause.lock().unwrap_or_else(PoisonError::into_inner);
+            bouncer.run_background()
+        })
+    }
+
+    fn spawn(guest: SimGuest, work: impl FnMut() -> BackgroundReport + Send + 'static) -> Self {
+        let runner = bounce_refill::ThreadRunner::for_sim(guest, work).expect("spawning the refill thread");
         Self { runner: Some(runner) }
     }
 
@@ -697,7 +732,7 @@ pub fn make_guest(machine: &Machine, plan: &Plan) -> SimGuest {
 /// # Errors
 /// [`RunError::Init`] when the strategy refuses the configuration.
 pub fn boot<S: Strategy + 'static>(
-    ctor: Ctor<S>,
+    ctor: impl FnOnce(SimGuest, &BootConfig) -> Result<S, InitError>,
     name: &str,
     machine: &Machine,
     plan: &Plan,
@@ -734,22 +769,8 @@ pub fn run_phase<S: Strategy + 'static>(
     }
     let threads = plan.streams.len();
     let cpus = guest.config().cpus;
-    // Buffers for the original data, one region per thread and device.
-    let mut regions = Vec::with_capacity(threads);
-    for _ in 0..threads {
-        let mut per = Vec::new();
-        for d in &plan.devices {
-            let bytes = d.depth * slot_size(d.max_extent);
-            let a = guest
-                .alloc_private(bytes)
-                .map_err(|_| RunError::NoMemory { memory: guest.config().memory_bytes, need: buffer_bytes(plan) })?;
-            // Application buffers are resident: fault them in now, not inside the
-            // timed copies.
-            guest.fill(a, 0x5a, bytes);
-            per.push(a);
-        }
-        regions.push(per);
-    }
+    // Application buffers are resident: fault them in now, not inside the timed copies.
+    let regions = alloc_regions(&guest, plan, 0x5a)?;
     let quota: Vec<u64> = match limit {
         Limit::Duration(_) => vec![u64::MAX; threads],
         Limit::Ops(n) => (0..threads as u64).map(|t| n / threads as u64 + u64::from(t < n % threads as u64)).collect(),

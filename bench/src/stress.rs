@@ -56,12 +56,11 @@ use bounce_framework::{
     DmaDirection, FailureReason, InitError, Located, MapError, PhysAddr, Platform, PoolStats, ReleaseError, Released,
     Request, Reservation, SgEntry, SgError, Strategy, PAGE_SIZE,
 };
-use bounce_refill::ThreadRunner;
 use rand::RngExt;
 use rand_pcg::Pcg64Mcg;
 
 use crate::engine::{
-    buffer_bytes, fill_pattern, make_guest, panic_message, settle, slot_size, Ctor, Machine, RunError,
+    alloc_regions, boot, fill_pattern, panic_message, slot_size, Ctor, Machine, RefillThread, RunError,
 };
 use crate::registry::{self, StrategyVisitor};
 use crate::report::bytes;
@@ -266,11 +265,8 @@ impl Problems {
 
     fn merge(&mut self, o: Self) {
         self.count += o.count;
-        for e in o.examples {
-            if self.examples.len() < MAX_EXAMPLES {
-                self.examples.push(e);
-            }
-        }
+        let room = MAX_EXAMPLES.saturating_sub(self.examples.len());
+        self.examples.extend(o.examples.into_iter().take(room));
     }
 }
 
@@ -856,13 +852,18 @@ impl<'a, S: Strategy> Worker<'a, S> {
                 reason.name()
             ));
         }
+        self.check_audit(live, after.used_bytes, &format!("after {what}"));
+    }
+
+    /// The strategy's audit (kccd held) must count `live` mappings using `used` bytes.
+    fn check_audit(&mut self, live: usize, used: usize, when: &str) {
         match self.sh.audit() {
-            Ok(r) if r.live_mappings == live && r.used_bytes == after.used_bytes => {}
+            Ok(r) if r.live_mappings == live && r.used_bytes == used => {}
             Ok(r) => self.problem(&format!(
-                "after {what}: the audit counts {} live mappings using {} bytes; {live} are live using {} bytes",
-                r.live_mappings, r.used_bytes, after.used_bytes
+                "{when}: the audit counts {} live mappings using {} bytes; {live} are live using {used} bytes",
+                r.live_mappings, r.used_bytes
             )),
-            Err(e) => self.problem(&format!("after {what}: {e}")),
+            Err(e) => self.problem(&format!("{when}: {e}")),
         }
     }
 
@@ -953,14 +954,7 @@ impl<'a, S: Strategy> Worker<'a, S> {
         self.check_original(d, slot, orig, size, Some(&cpu), "after the pressure check");
         sh.guest.fill(orig, GUARD, size);
         self.free[d].push(slot);
-        match sh.audit() {
-            Ok(r) if r.live_mappings == 0 && r.used_bytes == 0 => {}
-            Ok(r) => self.problem(&format!(
-                "with nothing in flight the audit counts {} live mappings using {} bytes",
-                r.live_mappings, r.used_bytes
-            )),
-            Err(e) => self.problem(&format!("mid-run {e}")),
-        }
+        self.check_audit(0, 0, "mid-run, with nothing in flight");
         if sh.sabotage == Some(Sabotage::Corrupt) && !self.corrupted {
             // Sabotage for the tests: one stray byte in an idle original buffer.
             let last = self.regions.len() - 1;
@@ -1237,38 +1231,15 @@ fn run_one<S: Strategy + 'static>(
 ) -> Result<StressReport, RunError> {
     let mut plan = Workload::Mixed.plan(cfg.threads, STREAM_LEN, cfg.seed, true);
     plan.name = "stress".into();
-    let guest = make_guest(&cfg.machine, &plan);
-    let strategy =
-        build(guest.clone(), &cfg.machine.boot).map_err(|source| RunError::Init { strategy: name.into(), source })?;
-    let options = BouncerOptions { scrub: cfg.machine.boot.scrub, ..BouncerOptions::default() };
-    let bouncer = Arc::new(Bouncer::new(guest.clone(), strategy, options));
-    settle(&bouncer);
+    // `swiotlb.scrub=on` on the command line applies, as in every other run.
+    let bouncer = boot(build, name, &cfg.machine, &plan, BouncerOptions::default())?;
+    let guest = bouncer.platform().clone();
     let slot_bytes: Vec<usize> = plan.devices.iter().map(|d| slot_size(d.max_extent)).collect();
-    let mut regions = Vec::with_capacity(cfg.threads);
-    for _ in 0..cfg.threads {
-        let mut per = Vec::with_capacity(plan.devices.len());
-        for (d, spec) in plan.devices.iter().enumerate() {
-            let n = spec.depth * slot_bytes[d];
-            let a = guest
-                .alloc_private(n)
-                .map_err(|_| RunError::NoMemory { memory: guest.config().memory_bytes, need: buffer_bytes(&plan) })?;
-            guest.fill(a, GUARD, n);
-            per.push(a);
-        }
-        regions.push(per);
-    }
+    let regions = alloc_regions(&guest, &plan, GUARD)?;
     let cpus = guest.config().cpus;
     let pause = Arc::new(Mutex::new(()));
-    // kccd, as the engine's `RefillThread` runs it, with the audits' pause lock around
-    // each run.
-    let refill = {
-        let (b, p) = (bouncer.clone(), pause.clone());
-        ThreadRunner::for_sim(guest.clone(), move || {
-            let _running = p.lock().unwrap_or_else(PoisonError::into_inner);
-            b.run_background()
-        })
-        .expect("spawning the refill thread")
-    };
+    // kccd, with the audits' pause lock around each run.
+    let refill = RefillThread::start_pausable(bouncer.clone(), pause.clone());
     let shared = Shared {
         bouncer: bouncer.clone(),
         guest: guest.clone(),
