@@ -548,17 +548,23 @@ impl<'a, S: Strategy> Worker<'a, S> {
     /// `SameCpu`: per-device rings, oldest unmapped first.
     fn run_rings(&mut self) {
         while let Some(op) = self.next_op() {
-            let d = usize::from(op.device);
-            if self.rings[d].len() >= self.sh.plan.devices[d].depth {
-                if let Some(old) = self.rings[d].pop_front() {
-                    self.unmap(old);
-                }
-            }
-            if let Some(l) = self.map(op) {
-                self.rings[d].push_back(l);
-            }
+            self.ring_step(op);
         }
         self.drain_rings();
+    }
+
+    /// One ring operation: unmap the device's oldest mapping when its ring is full,
+    /// then map `op`.
+    fn ring_step(&mut self, op: Op) {
+        let d = usize::from(op.device);
+        if self.rings[d].len() >= self.sh.plan.devices[d].depth {
+            if let Some(old) = self.rings[d].pop_front() {
+                self.unmap(old);
+            }
+        }
+        if let Some(l) = self.map(op) {
+            self.rings[d].push_back(l);
+        }
     }
 
     fn drain_rings(&mut self) {
@@ -643,15 +649,7 @@ impl<'a, S: Strategy> Worker<'a, S> {
                         break;
                     }
                     let Some(op) = self.next_op() else { break };
-                    let d = usize::from(op.device);
-                    if self.rings[d].len() >= self.sh.plan.devices[d].depth {
-                        if let Some(old) = self.rings[d].pop_front() {
-                            self.unmap(old);
-                        }
-                    }
-                    if let Some(l) = self.map(op) {
-                        self.rings[d].push_back(l);
-                    }
+                    self.ring_step(op);
                 }
                 self.drain_rings();
                 self.out.windows.push((start, Instant::now()));
