@@ -89,6 +89,8 @@ pub struct Sample {
     pub inflight_bytes: u64,
     /// Bytes reserved by live mappings (rounding included).
     pub used_bytes: u64,
+    /// Conversion calls since boot.
+    pub conversion_calls: u64,
 }
 
 /// Everything one phase measured.
@@ -825,6 +827,7 @@ pub fn run_phase<S: Strategy + 'static>(
             shared_bytes: pool.conversions.shared_bytes,
             inflight_bytes: snap.inflight_bytes,
             used_bytes: pool.used_bytes as u64,
+            conversion_calls: pool.conversions.calls(),
         });
         if opts.timing {
             timing.push(TimingSample {

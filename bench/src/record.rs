@@ -88,6 +88,9 @@ pub struct Record {
     pub conversion_calls_run: u64,
     /// Pages converted while the workload ran.
     pub conversion_pages_run: u64,
+    /// Conversion calls after the first second of the workload (runs of at least 1.5 s;
+    /// the warm-up is over then, so this is the engine's churn).
+    pub conversion_calls_after_1s: Option<u64>,
     /// Failed maps in the throughput phase.
     pub failures: u64,
     /// Failures by reason (only reasons that occurred).
@@ -112,6 +115,17 @@ pub struct Record {
     pub latency_cdf: Vec<(u64, f64)>,
     /// Shared memory and bytes in flight over time.
     pub timeline: Vec<Sample>,
+}
+
+/// Conversion calls from the first timeline sample at or after `t_ms` to the last, when
+/// the run lasted at least half as long again.
+fn calls_after(timeline: &[Sample], t_ms: f64) -> Option<u64> {
+    let last = timeline.last()?;
+    if last.t_ms < t_ms * 1.5 {
+        return None;
+    }
+    let from = timeline.iter().find(|s| s.t_ms >= t_ms)?;
+    Some(last.conversion_calls.saturating_sub(from.conversion_calls))
 }
 
 /// Identifies the run a record belongs to.
@@ -211,6 +225,7 @@ impl Record {
             conversion_pages: conv.pages(),
             conversion_calls_run: conv.calls().saturating_sub(a.conv_before.calls()),
             conversion_pages_run: conv.pages().saturating_sub(a.conv_before.pages()),
+            conversion_calls_after_1s: calls_after(&a.timeline, 1000.0),
             failures: a.snapshot.total_failures(),
             failures_by_reason,
             violations: a.violations + b.map_or(0, |b| b.violations),

@@ -171,6 +171,9 @@ fn find<'a>(rs: &'a [Record], s: &str, w: &str, threads: Option<usize>) -> Optio
         .max_by_key(|r| r.threads)
 }
 
+/// The strategies whose memory policy the targets check (the size-classed pools).
+const POLICY_STRATEGIES: [&str; 2] = ["dynamic", "magazine"];
+
 /// Slack allowed for "no slower" comparisons: run-to-run noise of throughput on a
 /// shared 2-core machine is a few percent.
 pub const NOISE: f64 = 0.05;
@@ -259,47 +262,92 @@ pub fn targets(res: &CompareResults) -> Vec<Target> {
             });
         }
     }
-    // 5. Peak shared memory <= 1.5x peak bytes in flight on mixed.
-    for s in ["dynamic", "magazine"] {
-        out.push(match find(rs, s, "mixed", None) {
-            Some(r) => Target {
-                target: format!("mixed: {s} peak shared memory <= 1.5x peak bytes in flight"),
-                met: Some(r.shared_per_inflight <= 1.5),
-                detail: format!(
-                    "{} shared vs {} in flight = {:.2}x",
-                    bytes(r.shared_bytes_peak),
-                    bytes(r.inflight_bytes_peak),
-                    r.shared_per_inflight
-                ),
-            },
-            None => Target {
-                target: format!("mixed: {s} peak shared memory <= 1.5x peak bytes in flight"),
-                met: None,
-                detail: format!("needs mixed and {s}"),
-            },
-        });
+    // 5. Peak shared memory follows demand: at most max(k x peak in flight, peak in
+    //    flight + 16 MiB) (the 16 MiB is room for a boot floor), k = 1.5 on mixed and
+    //    nvme, 2 on burst.
+    // k as a ratio of integers: (3, 2) = 1.5, (2, 1) = 2.
+    for (w, (kn, kd)) in [("mixed", (3u64, 2u64)), ("nvme", (3, 2)), ("burst", (2, 1))] {
+        #[allow(clippy::cast_precision_loss)]
+        let k = kn as f64 / kd as f64;
+        for s in POLICY_STRATEGIES {
+            let name = format!("{w}: {s} peak shared <= max({k} x peak in flight, peak in flight + 16 MiB)");
+            out.push(match find(rs, s, w, None) {
+                Some(r) => {
+                    let limit = (r.inflight_bytes_peak * kn / kd).max(r.inflight_bytes_peak + (16 << 20));
+                    Target {
+                        target: name,
+                        met: Some(r.shared_bytes_peak <= limit),
+                        detail: format!(
+                            "{} shared vs {} in flight (limit {}) = {:.2}x",
+                            bytes(r.shared_bytes_peak),
+                            bytes(r.inflight_bytes_peak),
+                            bytes(limit),
+                            r.shared_per_inflight
+                        ),
+                    }
+                }
+                None => Target { target: name, met: None, detail: format!("needs {w} and {s}") },
+            });
+        }
     }
-    // 6. Burst: no failures with the default configuration.
-    for s in ["dynamic", "magazine"] {
-        let runs: Vec<&Record> = rs.iter().filter(|r| r.strategy == s && r.workload == "burst").collect();
-        out.push(if runs.is_empty() {
-            Target {
-                target: format!("burst: zero failures for {s}"),
-                met: None,
-                detail: format!("needs burst and {s}"),
+    // 6. No failed map where legacy serves them: every workload, every thread count.
+    for s in POLICY_STRATEGIES {
+        for w in &workloads {
+            let runs: Vec<&Record> = rs.iter().filter(|r| r.strategy == s && r.workload == *w).collect();
+            if runs.is_empty() {
+                continue;
             }
-        } else {
             let f: u64 = runs.iter().map(|r| r.failures).sum();
             let maps: u64 = runs.iter().map(|r| r.maps).sum();
-            Target {
-                target: format!("burst: zero failures for {s}"),
+            out.push(Target {
+                target: format!("{w}: zero failures for {s}"),
                 met: Some(f == 0),
                 detail: runs.iter().fold(format!("{f} failures in {maps} maps"), |mut d, r| {
                     let _ = write!(d, " [{} threads: {}]", r.threads, failures(r));
                     d
                 }),
-            }
-        });
+            });
+        }
+    }
+    // 7. The size sweep (with --out): no failures up to 256 KiB.
+    for s in POLICY_STRATEGIES {
+        if let Some(sw) = res.sweeps.iter().find(|x| x.strategy == s) {
+            let bad: Vec<String> = sw
+                .points
+                .iter()
+                .filter(|p| p.size <= 256 << 10 && p.failures > 0)
+                .map(|p| format!("{} B: {}", p.size, p.failures))
+                .collect();
+            out.push(Target {
+                target: format!("size sweep up to 256 KiB: zero failures for {s}"),
+                met: Some(bad.is_empty()),
+                detail: if bad.is_empty() { "no failed map".into() } else { bad.join(", ") },
+            });
+        }
+    }
+    // 8. No conversion churn: after the first second of a mixed run at most 2
+    //    conversion calls; pages converted since boot at most twice the peak shared.
+    for s in POLICY_STRATEGIES {
+        if let Some(r) = find(rs, s, "mixed", None) {
+            out.push(match r.conversion_calls_after_1s {
+                Some(n) => Target {
+                    target: format!("mixed: {s} makes <= 2 conversion calls after the first second"),
+                    met: Some(n <= 2),
+                    detail: format!("{n} calls after 1 s ({} during the run)", r.conversion_calls_run),
+                },
+                None => Target {
+                    target: format!("mixed: {s} makes <= 2 conversion calls after the first second"),
+                    met: None,
+                    detail: "needs --duration 2s or more".into(),
+                },
+            });
+            let peak_pages = r.shared_bytes_peak / bounce_framework::PAGE_SIZE as u64;
+            out.push(Target {
+                target: format!("mixed: {s} converts <= 2x its peak shared pages"),
+                met: Some(r.conversion_pages <= 2 * peak_pages),
+                detail: format!("{} pages converted since boot, peak {} pages shared", r.conversion_pages, peak_pages),
+            });
+        }
     }
     out
 }

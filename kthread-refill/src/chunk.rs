@@ -23,13 +23,16 @@
 use alloc::boxed::Box;
 use alloc::sync::Arc;
 use core::fmt;
-use core::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use intrusive_collections::{linked_list, rbtree};
 
 use bounce_framework::{Located, PageCount, PhysAddr, ReleaseError, Released};
 
 use crate::class::SizeClass;
+
+/// The class index of a blank shell (one that belongs to no class).
+pub const BLANK: usize = usize::MAX;
 
 /// The in-flight record of one buffer.
 #[derive(Default)]
@@ -60,12 +63,20 @@ pub struct BufState {
 pub struct Chunk {
     pub(crate) partial_link: rbtree::AtomicLink,
     pub(crate) empty_link: linked_list::AtomicLink,
-    class: usize,
+    /// The class index, or [`BLANK`] for a shell that belongs to no class. The geometry
+    /// fields (`class`, `first`, `shift`, `buffers`) change only while the chunk is a
+    /// completely free shell out of every pool ([`Chunk::reshape`], [`Chunk::blank`]),
+    /// so a lookup that races a change can only be a stale one (an unmap of an address
+    /// that is not mapped), which finds no buffer in flight either way.
+    class: AtomicUsize,
     base: PhysAddr,
     pages: PageCount,
-    first: PhysAddr,
-    shift: u32,
-    buffers: u32,
+    first: AtomicU64,
+    shift: AtomicU32,
+    buffers: AtomicU32,
+    /// Whether the chunk is a shell ([`Chunk::shell`]): reshaped between classes instead
+    /// of being carved and dropped.
+    shell: bool,
     free_top: AtomicU32,
     free_stack: Box<[AtomicU32]>,
     meta: Box<[BufMeta]>,
@@ -76,12 +87,12 @@ pub struct Chunk {
 impl fmt::Debug for Chunk {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Chunk")
-            .field("class", &self.class)
+            .field("class", &self.class())
             .field("base", &self.base)
             .field("pages", &self.pages.get())
-            .field("first", &self.first)
+            .field("first", &self.first())
             .field("buffer_size", &self.buffer_size())
-            .field("buffers", &self.buffers)
+            .field("buffers", &self.buffers())
             .field("free", &self.free_count())
             .finish_non_exhaustive()
     }
@@ -106,12 +117,13 @@ impl Chunk {
         Self {
             partial_link: rbtree::AtomicLink::new(),
             empty_link: linked_list::AtomicLink::new(),
-            class: class_index,
+            class: AtomicUsize::new(class_index),
             base,
             pages: PageCount(class.chunk_pages),
-            first,
-            shift: class.shift,
-            buffers: n as u32,
+            first: AtomicU64::new(first.0),
+            shift: AtomicU32::new(class.shift),
+            buffers: AtomicU32::new(n as u32),
+            shell: false,
             free_top: AtomicU32::new(n as u32),
             free_stack,
             meta,
@@ -119,9 +131,82 @@ impl Chunk {
         }
     }
 
-    /// The class index.
+    /// A blank shell over the shared block `[base, base + pages)` with records for up
+    /// to `capacity` buffers, belonging to no class: [`Chunk::reshape`] gives it a
+    /// class's geometry without allocating (on the map path), [`Chunk::blank`] takes it
+    /// back. `base` must be aligned to every class alignment the shell will take.
+    /// Allocates the record arrays (background context only).
+    pub fn shell(base: PhysAddr, pages: usize, capacity: usize) -> Self {
+        Self {
+            partial_link: rbtree::AtomicLink::new(),
+            empty_link: linked_list::AtomicLink::new(),
+            class: AtomicUsize::new(BLANK),
+            base,
+            pages: PageCount(pages),
+            first: AtomicU64::new(base.0),
+            shift: AtomicU32::new(bounce_framework::PAGE_SHIFT),
+            buffers: AtomicU32::new(0),
+            shell: true,
+            free_top: AtomicU32::new(0),
+            free_stack: (0..capacity).map(|_| AtomicU32::new(0)).collect(),
+            meta: (0..capacity).map(|_| BufMeta::default()).collect(),
+            empty_since: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether this chunk is a shell (reshaped between classes, never dropped while
+    /// indexed).
+    pub fn is_shell(&self) -> bool {
+        self.shell
+    }
+
+    /// Whether a blank shell can take `class`'s geometry: the class's buffers fit its
+    /// records and pages, and its base is aligned as the class needs.
+    pub fn can_take(&self, class: &SizeClass) -> bool {
+        self.shell
+            && class.size <= self.pages.bytes()
+            && self.pages.bytes() / class.size <= self.meta.len()
+            && self.base.is_aligned(class.align as u64)
+    }
+
+    /// Gives a blank shell `class`'s geometry: `pages × 4 KiB / size` buffers from the
+    /// base, all free. The caller owns the shell exclusively (taken off the blank list,
+    /// in no pool). Never allocates.
+    ///
+    /// # Panics
+    /// When the chunk is not a blank shell or cannot take the class (a caller bug).
+    pub(crate) fn reshape(&self, class_index: usize, class: &SizeClass) {
+        assert!(self.class() == BLANK && self.can_take(class), "bounce-refill: reshaping {self:?} for {class:?}");
+        let n = self.pages.bytes() / class.size;
+        for (slot, i) in self.free_stack[..n].iter().zip((0..n as u32).rev()) {
+            slot.store(i, Ordering::Relaxed);
+        }
+        self.first.store(self.base.0, Ordering::Relaxed);
+        self.shift.store(class.shift, Ordering::Relaxed);
+        self.buffers.store(n as u32, Ordering::Relaxed);
+        self.free_top.store(n as u32, Ordering::Relaxed);
+        self.set_empty_since(0);
+        // Publishes the geometry to lookups that find the chunk through the index
+        // afterwards (they only reach a buffer once a commit published it anyway).
+        self.class.store(class_index, Ordering::Release);
+    }
+
+    /// Takes a completely free shell out of its class: blank again, no buffers. The
+    /// caller owns it exclusively (detached from its pool). Never allocates.
+    ///
+    /// # Panics
+    /// When the chunk is not a shell or has a buffer out (a caller bug).
+    pub(crate) fn blank(&self) {
+        assert!(self.shell && self.free_count() == self.buffers(), "bounce-refill: blanking {self:?}");
+        self.class.store(BLANK, Ordering::Release);
+        self.buffers.store(0, Ordering::Relaxed);
+        self.free_top.store(0, Ordering::Relaxed);
+    }
+
+    /// The class index ([`BLANK`] for a blank shell).
+    #[inline]
     pub fn class(&self) -> usize {
-        self.class
+        self.class.load(Ordering::Relaxed)
     }
 
     /// The first page of the block.
@@ -140,35 +225,46 @@ impl Chunk {
     }
 
     /// The first buffer's address.
+    #[inline]
     pub fn first(&self) -> PhysAddr {
-        self.first
+        PhysAddr(self.first.load(Ordering::Relaxed))
+    }
+
+    #[inline]
+    fn shift(&self) -> u32 {
+        self.shift.load(Ordering::Relaxed)
     }
 
     /// Bytes per buffer.
+    #[inline]
     pub fn buffer_size(&self) -> usize {
-        1 << self.shift
+        1 << self.shift()
     }
 
-    /// Number of buffers.
+    /// Number of buffers (0 for a blank shell).
+    #[inline]
     pub fn buffers(&self) -> usize {
-        self.buffers as usize
+        self.buffers.load(Ordering::Relaxed) as usize
     }
 
-    /// Bytes of the block outside every buffer (alignment slack).
+    /// Bytes of the block outside every buffer (alignment slack; a blank shell's whole
+    /// block).
     pub fn slack_bytes(&self) -> usize {
-        self.pages.bytes() - (self.buffers() << self.shift)
+        self.pages.bytes() - (self.buffers() << self.shift())
     }
 
     /// The address of buffer `i`.
+    #[inline]
     pub fn buffer_addr(&self, i: usize) -> PhysAddr {
-        self.first + ((i as u64) << self.shift)
+        self.first() + ((i as u64) << self.shift())
     }
 
     /// The buffer holding `addr`, if `addr` lies inside one (not in the slack).
+    #[inline]
     pub fn buffer_index(&self, addr: PhysAddr) -> Option<usize> {
-        let off = addr.offset_from(self.first)?;
-        let i = (off >> self.shift) as usize;
-        (i < self.buffers()).then_some(i)
+        let off = addr.offset_from(self.first())?;
+        let i = (off >> self.shift()) as usize;
+        (i < self.buffers().min(self.meta.len())).then_some(i)
     }
 
     /// Whether `addr` lies in the block (slack included).
@@ -195,7 +291,7 @@ impl Chunk {
     /// Pushes a free buffer index. Caller holds the pool lock and owns the buffer.
     pub(crate) fn push_free(&self, i: u32) {
         let top = self.free_top.load(Ordering::Relaxed);
-        assert!(top < self.buffers, "bounce-refill: more buffers pushed than a chunk holds (double free)");
+        assert!((top as usize) < self.buffers(), "bounce-refill: more buffers pushed than a chunk holds (double free)");
         self.free_stack[top as usize].store(i, Ordering::Relaxed);
         self.free_top.store(top + 1, Ordering::Relaxed);
     }
@@ -347,7 +443,7 @@ impl FreeBuffer {
 
     /// The buffer's class index.
     pub fn class(&self) -> usize {
-        self.chunk.class
+        self.chunk.class()
     }
 
     /// The chunk the buffer belongs to.

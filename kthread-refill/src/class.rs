@@ -73,6 +73,55 @@ pub const SEED_CLASSES: [ClassSpec; 5] = [
     ClassSpec::new(512 << 10, 32),
 ];
 
+/// The default classes (the `demand` preset): powers of two from 512 B to 512 KiB, so
+/// every mapping up to 512 KiB wastes less than half its buffer and the 17 KiB–256 KiB
+/// range that NVMe and virtio-blk use has four classes instead of one 512 KiB class. The
+/// second field is the class's **floor**: free buffers kept ready at boot and whenever
+/// demand is low (256 KiB per class, 512 KiB for the largest, see [`default_floor_bytes`]). Above the floor each
+/// class's reserve follows measured demand (see [`PoolSet`](crate::PoolSet)).
+pub const DEFAULT_CLASSES: [ClassSpec; 11] = [
+    ClassSpec::new(512, 512),
+    ClassSpec::new(1024, 256),
+    ClassSpec::new(2048, 128),
+    ClassSpec::new(4096, 64),
+    ClassSpec::new(8192, 32),
+    ClassSpec::new(16 << 10, 16),
+    ClassSpec::new(32 << 10, 8),
+    ClassSpec::new(64 << 10, 4),
+    ClassSpec::new(128 << 10, 2),
+    ClassSpec::new(256 << 10, 1),
+    ClassSpec::new(512 << 10, 1),
+];
+
+/// Bytes of buffers the default classes' floors hold.
+pub const fn default_floor_bytes() -> usize {
+    let mut i = 0;
+    let mut sum = 0;
+    while i < DEFAULT_CLASSES.len() {
+        sum += DEFAULT_CLASSES[i].size * DEFAULT_CLASSES[i].target;
+        i += 1;
+    }
+    sum
+}
+
+/// How a class's chunks are laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChunkShape {
+    /// The seed's layout: one conversion batch of at most `batch_pages` pages per chunk
+    /// (and at most the class's target), carrying alignment slack because a fresh batch
+    /// is only page aligned.
+    Batch {
+        /// Pages per conversion batch.
+        batch_pages: usize,
+    },
+    /// Chunks of about `chunk_bytes` (at least one buffer) carved from the engine's
+    /// stock of converted pages at the class's alignment: no slack, no conversion.
+    Carved {
+        /// Bytes per chunk.
+        chunk_bytes: usize,
+    },
+}
+
 /// A class with its geometry resolved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SizeClass {
@@ -99,12 +148,12 @@ pub struct SizeClass {
 }
 
 impl SizeClass {
-    /// Resolves `spec` for a batch of at most `batch_pages` pages and a reserve of
-    /// `reserve_percent` % of the target.
+    /// Resolves `spec` for chunks of `shape` and a reserve of `reserve_percent` % of the
+    /// target.
     ///
     /// # Errors
     /// [`InitError::Config`] for sizes or watermarks out of range.
-    pub fn resolve(spec: &ClassSpec, batch_pages: usize, reserve_percent: usize) -> Result<Self, InitError> {
+    pub fn resolve(spec: &ClassSpec, shape: ChunkShape, reserve_percent: usize) -> Result<Self, InitError> {
         let size = spec.size;
         if !size.is_power_of_two() || !(MIN_CLASS_SIZE..=MAX_CLASS_SIZE).contains(&size) {
             return Err(InitError::Config(format!(
@@ -123,13 +172,21 @@ impl SizeClass {
             )));
         }
         let align = size.min(MAX_BUFFER_ALIGN);
-        let slack_pages = align.saturating_sub(PAGE_SIZE) / PAGE_SIZE;
-        // A chunk holds at most a batch (slack included) and at most the target, but
-        // always at least one buffer.
-        let batch_bytes = batch_pages.saturating_sub(slack_pages).saturating_mul(PAGE_SIZE);
-        let goal = batch_bytes.min(spec.target.saturating_mul(size));
-        let chunk_buffers = (goal / size).max(1);
-        let chunk_pages = (chunk_buffers * size).div_ceil(PAGE_SIZE) + slack_pages;
+        let (chunk_buffers, chunk_pages) = match shape {
+            ChunkShape::Batch { batch_pages } => {
+                let slack_pages = align.saturating_sub(PAGE_SIZE) / PAGE_SIZE;
+                // A chunk holds at most a batch (slack included) and at most the
+                // target, but always at least one buffer.
+                let batch_bytes = batch_pages.saturating_sub(slack_pages).saturating_mul(PAGE_SIZE);
+                let goal = batch_bytes.min(spec.target.saturating_mul(size));
+                let n = (goal / size).max(1);
+                (n, (n * size).div_ceil(PAGE_SIZE) + slack_pages)
+            }
+            ChunkShape::Carved { chunk_bytes } => {
+                let n = (chunk_bytes / size).max(1);
+                (n, (n * size).div_ceil(PAGE_SIZE))
+            }
+        };
         let reserve = (spec.target * reserve_percent).div_ceil(100).min(spec.target);
         Ok(Self {
             size,
@@ -142,6 +199,15 @@ impl SizeClass {
             chunk_buffers,
             chunk_pages,
         })
+    }
+
+    /// The alignment of a chunk's start, in pages (carved chunks).
+    pub const fn align_pages(&self) -> usize {
+        if self.align > PAGE_SIZE {
+            self.align / PAGE_SIZE
+        } else {
+            1
+        }
     }
 
     /// Bytes one chunk commits (buffers and slack).
@@ -175,11 +241,20 @@ pub struct ClassTable {
 }
 
 impl ClassTable {
-    /// Resolves `specs` (sorted by strictly increasing size).
+    /// Resolves `specs` (sorted by strictly increasing size) with the seed's chunk
+    /// layout (one batch of at most `batch_pages` pages per chunk).
     ///
     /// # Errors
     /// [`InitError::Config`] for an empty, unsorted or oversized list, or a bad class.
     pub fn new(specs: &[ClassSpec], batch_pages: usize, reserve_percent: usize) -> Result<Self, InitError> {
+        Self::with_shape(specs, ChunkShape::Batch { batch_pages }, reserve_percent)
+    }
+
+    /// Resolves `specs` (sorted by strictly increasing size) with chunks of `shape`.
+    ///
+    /// # Errors
+    /// [`InitError::Config`] for an empty, unsorted or oversized list, or a bad class.
+    pub fn with_shape(specs: &[ClassSpec], shape: ChunkShape, reserve_percent: usize) -> Result<Self, InitError> {
         if specs.is_empty() || specs.len() > MAX_CLASSES {
             return Err(InitError::Config(format!("between 1 and {MAX_CLASSES} size classes are needed")));
         }
@@ -187,7 +262,7 @@ impl ClassTable {
             return Err(InitError::Config("size classes must be listed by strictly increasing size".to_string()));
         }
         let classes =
-            specs.iter().map(|s| SizeClass::resolve(s, batch_pages, reserve_percent)).collect::<Result<Vec<_>, _>>()?;
+            specs.iter().map(|s| SizeClass::resolve(s, shape, reserve_percent)).collect::<Result<Vec<_>, _>>()?;
         Ok(Self { classes })
     }
 
@@ -442,6 +517,15 @@ mod tests {
         assert!(ClassTable::new(&[ClassSpec::new(4096, 1), ClassSpec::new(2048, 1)], 1024, 0).is_err());
         // A class larger than a batch still gets one buffer per chunk.
         let t = ClassTable::new(&[ClassSpec::new(1 << 20, 2)], 16, 0).unwrap();
+        let carved =
+            ClassTable::with_shape(&DEFAULT_CLASSES, ChunkShape::Carved { chunk_bytes: 512 << 10 }, 0).unwrap();
+        assert!(
+            carved.classes().iter().all(|c| c.chunk_pages * PAGE_SIZE == 512 << 10),
+            "every default class fits a shell"
+        );
+        assert_eq!(carved.get(10).chunk_buffers, 1);
+        assert_eq!(carved.get(2).chunk_buffers, 256);
+        assert_eq!(default_floor_bytes(), 3 << 20);
         assert_eq!(t.get(0).chunk_buffers, 1);
         assert_eq!(t.get(0).chunk_pages, 256 + 15);
     }

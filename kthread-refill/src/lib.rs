@@ -34,17 +34,20 @@ pub mod index;
 pub mod pool;
 pub mod pools;
 pub mod runner;
+pub mod stock;
 
 pub use chunk::{BufState, Chunk, FreeBuffer};
 pub use class::{
-    parse_classes, ClassChoice, ClassSpec, ClassTable, SizeClass, MAX_BUFFER_ALIGN, MIN_LARGEST_CLASS, SEED_CLASSES,
+    default_floor_bytes, parse_classes, ChunkShape, ClassChoice, ClassSpec, ClassTable, SizeClass, DEFAULT_CLASSES,
+    MAX_BUFFER_ALIGN, MIN_LARGEST_CLASS, SEED_CLASSES,
 };
 pub use index::ChunkIndex;
-pub use pool::{ClassPool, PoolAudit, PoolCounters};
+pub use pool::{ClassPool, DemandTargets, PoolAudit, PoolCounters};
 pub use pools::{
-    default_cap, EngineCounters, PoolConfig, PoolSet, SetAudit, DEFAULT_BATCH_PAGES, DEFAULT_IDLE_MS,
-    DEFAULT_RESERVE_PERCENT,
+    default_cap, EngineCounters, PoolConfig, PoolSet, Preset, SetAudit, DEFAULT_BATCH_PAGES, DEFAULT_CHUNK_BYTES,
+    DEFAULT_HEADROOM_PERCENT, DEFAULT_IDLE_MS, DEFAULT_RESERVE_PERCENT, DEFAULT_STOCK_BYTES,
 };
 pub use runner::StepRunner;
 #[cfg(feature = "std")]
 pub use runner::{RunnerOptions, RunnerTotals, ThreadRunner};
+pub use stock::{Stock, StockSnapshot};

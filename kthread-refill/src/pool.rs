@@ -66,6 +66,44 @@ pub(crate) struct PoolState {
     /// Set while the free count is at or above the wake threshold; cleared by the map
     /// that crosses below it (which wakes the engine).
     wake_armed: bool,
+    /// The most buffers out of the pool (in flight or cached in front of it) since the
+    /// engine last read it ([`ClassPool::take_period`]).
+    peak_out: usize,
+}
+
+/// The engine's demand window of one class (engine context only).
+#[derive(Clone, Copy, Debug, Default)]
+struct DemandWindow {
+    /// Start of the current bucket (engine clock).
+    bucket_start: u64,
+    /// Peak buffers out in the current and the previous bucket.
+    peak: [usize; 2],
+    /// Largest rise of buffers out within one engine period, current and previous bucket.
+    ramp: [usize; 2],
+    /// Buffers out at the previous engine run.
+    last_out: usize,
+}
+
+/// What the demand policy decided for one class at one engine run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DemandTargets {
+    /// Buffers out of the pool now.
+    pub out: usize,
+    /// The most buffers out over the recent window (one to two buckets; reported, the
+    /// set's stock follows the peak of all classes together).
+    pub peak: usize,
+    /// The largest rise of buffers out between two engine runs in the window: what the
+    /// map path consumed before the engine could react (allocation rate × refill
+    /// latency, measured).
+    pub ramp: usize,
+    /// Free buffers kept ready: `max(floor, out × headroom %)`.
+    pub headroom: usize,
+    /// Free buffers the engine grows the class to.
+    pub target: usize,
+    /// Free buffers above which idle chunks are returned.
+    pub high: usize,
+    /// A map leaving fewer free buffers wakes the engine.
+    pub low: usize,
 }
 
 /// The result of a pop.
@@ -97,13 +135,22 @@ pub struct ClassPool<L: RawIrqLock> {
     boost: AtomicU32,
     /// When the boost last changed or pressure was last seen (engine clock).
     calm_since: AtomicU64,
+    /// Demand-driven watermarks (the `demand` policy) instead of fixed ones.
+    demand: bool,
+    /// The demand policy's current target, high and low watermarks (free buffers).
+    d_target: AtomicUsize,
+    d_high: AtomicUsize,
+    d_low: AtomicUsize,
+    window: IrqMutex<L, DemandWindow>,
+    /// This class's own requests that found it empty since the engine's last run.
+    shortfall: AtomicUsize,
 }
 
 /// The largest demand boost: watermarks grow at most 8-fold.
 pub const MAX_BOOST: u32 = 3;
 
 impl<L: RawIrqLock> ClassPool<L> {
-    pub(crate) fn new(index: usize, class: SizeClass) -> Self {
+    pub(crate) fn new(index: usize, class: SizeClass, demand: bool) -> Self {
         Self {
             class,
             index,
@@ -115,6 +162,7 @@ impl<L: RawIrqLock> ClassPool<L> {
                 chunks: 0,
                 empty_chunks: 0,
                 wake_armed: true,
+                peak_out: 0,
             }),
             ready: AtomicUsize::new(0),
             pops: AtomicU64::new(0),
@@ -127,7 +175,66 @@ impl<L: RawIrqLock> ClassPool<L> {
             pressure: AtomicBool::new(false),
             boost: AtomicU32::new(0),
             calm_since: AtomicU64::new(0),
+            demand,
+            d_target: AtomicUsize::new(class.target),
+            d_high: AtomicUsize::new(class.target + class.chunk_buffers),
+            d_low: AtomicUsize::new((class.target / 2).max(1)),
+            window: IrqMutex::new(DemandWindow::default()),
+            shortfall: AtomicUsize::new(0),
         }
+    }
+
+    /// Whether the class runs the demand policy.
+    pub fn is_demand(&self) -> bool {
+        self.demand
+    }
+
+    /// Reads and restarts the period peak: `(peak buffers out since the last call,
+    /// buffers out now)`.
+    pub(crate) fn take_period(&self) -> (usize, usize) {
+        let mut st = self.state.lock();
+        let out = st.capacity - st.ready;
+        let peak = st.peak_out.max(out);
+        st.peak_out = out;
+        (peak, out)
+    }
+
+    /// The demand policy at engine time `now`: the class holds what is out plus
+    /// `headroom = max(floor, out × headroom_pct / 100)` free buffers (the target),
+    /// returns idle chunks above target + one chunk (hysteresis) and wakes the engine
+    /// below max(1, target / 2). Fluctuations beyond the headroom are absorbed by the
+    /// set's blank shells, which every class shares and the map path reshapes at once
+    /// (the peak of the sum instead of the sum of the peaks). The period's rise of
+    /// buffers out and this class's shortfalls are kept in a window of two buckets of
+    /// `bucket_ns` each and reported as the ramp.
+    pub(crate) fn update_demand(&self, now: u64, bucket_ns: u64, headroom_pct: usize) -> DemandTargets {
+        let (period_peak, out) = self.take_period();
+        let short = self.shortfall.swap(0, Ordering::Relaxed);
+        let (peak, ramp) = {
+            let mut w = self.window.lock();
+            // Unmet requests count, up to one chunk per period: a class that stays empty
+            // for a while must not read the same shortage as an ever larger ramp.
+            let rise = period_peak.saturating_sub(w.last_out) + short.min(self.class.chunk_buffers);
+            w.last_out = out;
+            if now.saturating_sub(w.bucket_start) >= bucket_ns {
+                w.peak = [period_peak, w.peak[0]];
+                w.ramp = [rise, w.ramp[0]];
+                w.bucket_start = now;
+            } else {
+                w.peak[0] = w.peak[0].max(period_peak);
+                w.ramp[0] = w.ramp[0].max(rise);
+            }
+            (w.peak[0].max(w.peak[1]), w.ramp[0].max(w.ramp[1]))
+        };
+        let floor = self.class.target;
+        let headroom = floor.max((out * headroom_pct).div_ceil(100));
+        let target = headroom;
+        let high = target + self.class.chunk_buffers;
+        let low = (target / 2).max(1);
+        self.d_target.store(target, Ordering::Relaxed);
+        self.d_high.store(high, Ordering::Relaxed);
+        self.d_low.store(low, Ordering::Relaxed);
+        DemandTargets { out, peak, ramp, headroom, target, high, low }
     }
 
     /// The class.
@@ -140,19 +247,29 @@ impl<L: RawIrqLock> ClassPool<L> {
         self.boost.load(Ordering::Relaxed)
     }
 
-    /// The target in effect: the configured target shifted by the boost.
+    /// The target in effect: the demand policy's, or the configured target shifted by
+    /// the boost.
     pub fn effective_target(&self) -> usize {
+        if self.demand {
+            return self.d_target.load(Ordering::Relaxed);
+        }
         self.class.target.saturating_mul(1 << self.boost())
     }
 
-    /// The wake threshold in effect: the class's low watermark (at least 1) shifted by
-    /// the boost.
+    /// The wake threshold in effect: the demand policy's, or the class's low watermark
+    /// (at least 1) shifted by the boost.
     pub fn wake_below(&self) -> usize {
+        if self.demand {
+            return self.d_low.load(Ordering::Relaxed);
+        }
         self.class.wake_below().saturating_mul(1 << self.boost())
     }
 
     /// The high watermark in effect.
     pub fn effective_high(&self) -> usize {
+        if self.demand {
+            return self.d_high.load(Ordering::Relaxed);
+        }
         self.class.high.saturating_mul(1 << self.boost())
     }
 
@@ -182,13 +299,20 @@ impl<L: RawIrqLock> ClassPool<L> {
     /// # Context
     /// Any context; O(log chunks) under the pool lock; never allocates.
     pub(crate) fn pop(&self, dip_reserve: bool) -> Option<Popped> {
+        self.pop_for(dip_reserve, dip_reserve)
+    }
+
+    /// [`ClassPool::pop`]; `own`: the request is this class's own (a miss counts as a
+    /// shortfall for the demand policy), not a larger-class fallback.
+    pub(crate) fn pop_for(&self, dip_reserve: bool, own: bool) -> Option<Popped> {
         let mut st = self.state.lock();
         let floor = if dip_reserve { 0 } else { self.class.reserve };
         if st.ready <= floor {
             drop(st);
             self.misses.fetch_add(1, Ordering::Relaxed);
-            if dip_reserve {
+            if own {
                 self.pressure.store(true, Ordering::Relaxed);
+                self.shortfall.fetch_add(1, Ordering::Relaxed);
             }
             return None;
         }
@@ -220,6 +344,10 @@ impl<L: RawIrqLock> ClassPool<L> {
         };
         let dipped = st.ready <= self.class.reserve;
         st.ready -= 1;
+        let out = st.capacity - st.ready;
+        if out > st.peak_out {
+            st.peak_out = out;
+        }
         let wake = st.wake_armed && st.ready < self.wake_below();
         if wake {
             st.wake_armed = false;

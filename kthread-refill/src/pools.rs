@@ -35,18 +35,22 @@ use alloc::boxed::Box;
 use alloc::format;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use bounce_framework::IrqMutex;
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use intrusive_collections::LinkedList;
 
 use bounce_framework::{
     AllocContext, AuditError, BackgroundReport, BootConfig, CmdlineError, GrowError, InitError, Located, PageCount,
     PageRequest, PhysAddr, Platform, PlatformError, PoolStats, RefillStats, ReleaseError, Released, SharedMemory,
-    StrategyParams, UsageCounter,
+    StrategyParams, UsageCounter, PAGE_SIZE,
 };
 
-use crate::chunk::{Chunk, FreeBuffer};
-use crate::class::{ClassSpec, ClassTable, SizeClass, SEED_CLASSES};
+use crate::adapters::EmptyAdapter;
+use crate::chunk::{Chunk, FreeBuffer, BLANK};
+use crate::class::{ChunkShape, ClassSpec, ClassTable, SizeClass, DEFAULT_CLASSES, MAX_BUFFER_ALIGN, SEED_CLASSES};
 use crate::index::ChunkIndex;
-use crate::pool::{ClassPool, PoolAudit, PoolCounters};
+use crate::pool::{ClassPool, DemandTargets, PoolAudit, PoolCounters};
+use crate::stock::Stock;
 
 /// Linux's `MAX_ORDER_NR_PAGES` on x86-64 (order 10): the seed's batch.
 pub const DEFAULT_BATCH_PAGES: usize = 1024;
@@ -62,16 +66,49 @@ pub const DEFAULT_RETRY_MS: u64 = 10;
 pub const DEFAULT_MAX_BATCHES_PER_RUN: usize = 8;
 /// The cap's upper default: Linux's largest default swiotlb in a CoCo guest.
 pub const DEFAULT_CAP_MAX: usize = 1 << 30;
+/// Default headroom of the demand policy, in percent of a class's recent peak.
+pub const DEFAULT_HEADROOM_PERCENT: usize = 0;
+/// Default bytes per carved chunk (the demand policy's growth and shrink step).
+pub const DEFAULT_CHUNK_BYTES: usize = 512 << 10;
+/// Default blank shells the engine keeps ready, in bytes (16 shells of 512 KiB).
+pub const DEFAULT_STOCK_BYTES: usize = 8 << 20;
 
-/// Configuration of a [`PoolSet`]. `Default` is the documented default: the seed's
-/// classes, 1024-page batches, a cap of a quarter of RAM (at most 1 GiB), 1 s idle
-/// time, a 10 % reserve.
+/// A named set of pool defaults (`swiotlb.<strategy>.preset=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Preset {
+    /// The measured default: [`DEFAULT_CLASSES`] with their floors, demand-driven
+    /// watermarks, 64 KiB chunks carved from a 4 MiB stock of converted pages.
+    Demand,
+    /// The cc-swiotlb seed (SPEC §5): [`SEED_CLASSES`] with fixed watermarks (about
+    /// 96 MiB), one conversion batch per chunk, a 10 % reserve, the demand boost.
+    Seed,
+}
+
+impl Preset {
+    /// Every preset, by boot name.
+    pub const ALL: [(&'static str, Preset); 2] = [("demand", Preset::Demand), ("seed", Preset::Seed)];
+
+    /// The pool configuration of this preset.
+    pub fn config(self) -> PoolConfig {
+        match self {
+            Preset::Demand => PoolConfig::default(),
+            Preset::Seed => PoolConfig::seed(),
+        }
+    }
+}
+
+/// Configuration of a [`PoolSet`]. `Default` is the documented default ([`Preset::Demand`]):
+/// [`DEFAULT_CLASSES`] with their floors, demand-driven watermarks with a 12 % headroom,
+/// 64 KiB chunks carved from a 4 MiB stock converted in 1024-page batches, a cap of a
+/// quarter of RAM (at most 1 GiB), 1 s idle time, no reserve. [`PoolConfig::seed`] is the
+/// seed's policy.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PoolConfig {
     /// The classes, by strictly increasing size.
     pub classes: Vec<ClassSpec>,
-    /// Pages per conversion batch (chunk), slack included; a class whose buffer is
-    /// larger gets one buffer per chunk.
+    /// Without a stock (the seed's layout): pages per conversion batch (chunk), slack
+    /// included; a class whose buffer is larger gets one buffer per chunk. With a stock
+    /// the stock's top-ups are the conversion batches (`stock_bytes`).
     pub batch_pages: usize,
     /// Cap on committed shared memory; `None`: `min(RAM / 4, 1 GiB)`.
     pub cap_bytes: Option<usize>,
@@ -86,8 +123,20 @@ pub struct PoolConfig {
     /// Pause before retrying a class whose growth failed.
     pub retry_ms: u64,
     /// Raise a class's watermarks (up to 8-fold) while its own requests find it empty
-    /// or dip into its reserve, and lower them again after `idle_ms` without that.
+    /// or dip into its reserve, and lower them again after `idle_ms` without that
+    /// (fixed watermarks only; the demand policy supersedes it).
     pub adaptive: bool,
+    /// Demand-driven watermarks: each class's target is its recent peak of buffers out
+    /// plus a headroom, never below its floor (the class's configured target).
+    pub demand: bool,
+    /// The demand policy's proportional headroom, in percent of the recent peak.
+    pub headroom_percent: usize,
+    /// Bytes per carved chunk (with a stock); ignored without one.
+    pub chunk_bytes: usize,
+    /// Converted pages kept in the stock between class chunks and private memory, in
+    /// bytes. 0: no stock, the seed's layout (a chunk is one conversion batch and is
+    /// converted back when returned).
+    pub stock_bytes: usize,
 }
 
 impl Default for PoolConfig {
@@ -101,16 +150,59 @@ impl Default for PoolConfig {
             limit: PhysAddr(u64::MAX),
             max_batches_per_run: DEFAULT_MAX_BATCHES_PER_RUN,
             retry_ms: DEFAULT_RETRY_MS,
-            adaptive: true,
+            adaptive: false,
+            demand: true,
+            headroom_percent: DEFAULT_HEADROOM_PERCENT,
+            chunk_bytes: DEFAULT_CHUNK_BYTES,
+            stock_bytes: DEFAULT_STOCK_BYTES,
         }
+        .with_classes(DEFAULT_CLASSES.to_vec())
     }
 }
 
 impl PoolConfig {
     /// The `swiotlb.<strategy>.*` parameters every strategy built on these pools takes:
-    /// `classes=<size>:<target>,...`, `cap=<size>`, `batch=<pages>`, `idle_ms=<ms>`,
-    /// `reserve=<percent>`, `limit=<address>`.
-    pub const PARAMS: &'static [&'static str] = &["classes", "cap", "batch", "idle_ms", "reserve", "limit"];
+    /// `preset=demand|seed`, `classes=<size>:<target>,...`, `cap=<size>`,
+    /// `batch=<pages>`, `idle_ms=<ms>`, `reserve=<percent>`, `limit=<address>`,
+    /// `headroom=<percent>`, `chunk=<size>`, `stock=<size>`.
+    pub const PARAMS: &'static [&'static str] =
+        &["preset", "classes", "cap", "batch", "idle_ms", "reserve", "limit", "headroom", "chunk", "stock"];
+
+    /// The cc-swiotlb seed's policy ([`Preset::Seed`]): [`SEED_CLASSES`] with fixed
+    /// watermarks, a chunk per conversion batch and no stock, a 10 % reserve, the
+    /// demand boost.
+    pub fn seed() -> Self {
+        Self {
+            classes: SEED_CLASSES.to_vec(),
+            reserve_percent: DEFAULT_RESERVE_PERCENT,
+            adaptive: true,
+            demand: false,
+            stock_bytes: 0,
+            ..Self::default()
+        }
+    }
+
+    fn with_classes(mut self, classes: Vec<ClassSpec>) -> Self {
+        self.classes = classes;
+        self
+    }
+
+    /// The chunk layout this configuration gives its classes.
+    pub fn shape(&self) -> ChunkShape {
+        if self.stock_bytes == 0 {
+            ChunkShape::Batch { batch_pages: self.batch_pages }
+        } else {
+            ChunkShape::Carved { chunk_bytes: self.chunk_bytes }
+        }
+    }
+
+    /// The class table of this configuration.
+    ///
+    /// # Errors
+    /// [`InitError::Config`] for a bad class list.
+    pub fn table(&self) -> Result<ClassTable, InitError> {
+        ClassTable::with_shape(&self.classes, self.shape(), self.reserve_percent)
+    }
 
     /// Applies `swiotlb=<slots>` (the default cap: the pool size Linux would have used)
     /// and the pool parameters among `params` ([`PoolConfig::PARAMS`]; others are left
@@ -119,6 +211,15 @@ impl PoolConfig {
     /// # Errors
     /// [`CmdlineError`] naming the offending token.
     pub fn apply_boot(&mut self, boot: &BootConfig, params: &StrategyParams<'_>) -> Result<(), CmdlineError> {
+        if let Some(p) = params.get("preset") {
+            let Some((_, preset)) = Preset::ALL.iter().find(|(n, _)| *n == p.value) else {
+                return Err(CmdlineError::OutOfRange {
+                    token: p.token.clone(),
+                    reason: format!("unknown preset `{}` (known: demand, seed)", p.value),
+                });
+            };
+            *self = preset.config();
+        }
         if let Some(p) = params.get("classes") {
             self.classes = crate::class::parse_classes(&p.token, &p.value)?;
         }
@@ -140,6 +241,15 @@ impl PoolConfig {
         if let Some(l) = params.size("limit", 1 << 20, u64::MAX)? {
             self.limit = PhysAddr(l);
         }
+        if let Some(h) = params.number("headroom", 0, 400)? {
+            self.headroom_percent = h as usize;
+        }
+        if let Some(c) = params.size("chunk", bounce_framework::PAGE_SIZE as u64, 64 << 20)? {
+            self.chunk_bytes = c as usize;
+        }
+        if let Some(c) = params.size("stock", 0, 1 << 40)? {
+            self.stock_bytes = (c as usize).next_multiple_of(bounce_framework::PAGE_SIZE);
+        }
         Ok(())
     }
 }
@@ -157,6 +267,8 @@ pub const fn default_cap(ram_bytes: usize) -> usize {
 pub struct SetAudit {
     /// Sums over all classes.
     pub totals: PoolAudit,
+    /// Converted bytes held by no class: blank shells and the stock.
+    pub stock_bytes: usize,
     /// Pages quarantined so far.
     pub quarantined_pages: u64,
 }
@@ -182,11 +294,38 @@ pub struct PoolSet<P: Platform> {
     shared: SharedMemory<P>,
     usage: UsageCounter,
     idle_ns: u64,
+    /// How long a completely free chunk above its class's high watermark stays before
+    /// it is returned: the idle time, or a tenth of it when chunks go back to a stock
+    /// (no conversion: the stock converts back only after the whole idle time).
+    chunk_idle_ns: u64,
     retry_ns: u64,
     limit: PhysAddr,
     max_batches: usize,
     retry_at: Box<[AtomicU64]>,
+    retry_stock: AtomicU64,
     adaptive: bool,
+    demand: bool,
+    headroom_pct: usize,
+    stock: Stock<P::Lock>,
+    /// Pages the stock keeps; 0: no stock (the seed's layout).
+    stock_keep: usize,
+    /// Blank shells: indexed, completely free chunks of `shell_pages` pages that belong
+    /// to no class; the map path reshapes one for a class that ran empty.
+    blanks: IrqMutex<P::Lock, LinkedList<EmptyAdapter>>,
+    blank_count: AtomicUsize,
+    /// Pages per shell (0: no shells).
+    shell_pages: usize,
+    /// Records per shell (buffers of the smallest class that fits one).
+    shell_capacity: usize,
+    /// Blank shells the engine keeps.
+    blank_keep: usize,
+    /// Shells reshaped by the map path.
+    adopted: AtomicU64,
+    /// The demand window of carved pages (all classes): `[current, previous]` bucket
+    /// peaks and the current bucket's start (engine context only).
+    carved_peak: [AtomicUsize; 2],
+    carved_bucket: AtomicU64,
+    /// Serializes engine work: [`PoolSet::run`] and the boot fill ([`PoolSet::grow`]).
     running: AtomicBool,
     grow_batches: AtomicU64,
     shrink_batches: AtomicU64,
@@ -218,7 +357,10 @@ impl<P: Platform> PoolSet<P> {
         if config.max_batches_per_run == 0 {
             return Err(InitError::Config("max_batches_per_run must be at least 1".into()));
         }
-        let table = ClassTable::new(&config.classes, config.batch_pages, config.reserve_percent)?;
+        if config.demand && config.headroom_percent > 400 {
+            return Err(InitError::Config(format!("headroom of {} %: must be at most 400 %", config.headroom_percent)));
+        }
+        let table = config.table()?;
         let cap = config.cap_bytes.unwrap_or_else(|| default_cap(platform.total_ram_bytes()));
         if let Some(c) = table.classes().iter().find(|c| c.chunk_bytes() > cap) {
             return Err(InitError::Config(format!(
@@ -228,7 +370,20 @@ impl<P: Platform> PoolSet<P> {
             )));
         }
         let pools: Box<[ClassPool<P::Lock>]> =
-            table.classes().iter().enumerate().map(|(i, c)| ClassPool::new(i, *c)).collect();
+            table.classes().iter().enumerate().map(|(i, c)| ClassPool::new(i, *c, config.demand)).collect();
+        // The stock never holds more than a quarter of the cap (it is room for
+        // fluctuations, not a pool): a small cap gets a small stock, not an error.
+        let stock_keep = if config.stock_bytes == 0 { 0 } else { (config.stock_bytes.min(cap / 4) / PAGE_SIZE).max(1) };
+        // Shells: one chunk size for every class that fits one, so a free chunk can move
+        // between classes (on the map path) without allocating or converting.
+        let (shell_pages, shell_capacity) = match (stock_keep, config.demand) {
+            (0, _) | (_, false) => (0, 0),
+            _ => {
+                let u = config.chunk_bytes.next_multiple_of(PAGE_SIZE);
+                let smallest = table.classes().iter().map(|c| c.size).min().unwrap_or(u);
+                (u / PAGE_SIZE, (u / smallest).max(1))
+            }
+        };
         let retry_at = table.classes().iter().map(|_| AtomicU64::new(0)).collect();
         Ok(Self {
             shared: SharedMemory::new(platform.clone(), cap),
@@ -238,11 +393,32 @@ impl<P: Platform> PoolSet<P> {
             index: ChunkIndex::new(),
             usage: UsageCounter::new(),
             idle_ns: config.idle_ms.saturating_mul(1_000_000),
+            chunk_idle_ns: if stock_keep > 0 && config.demand {
+                config.idle_ms.saturating_mul(100_000)
+            } else {
+                config.idle_ms.saturating_mul(1_000_000)
+            },
             retry_ns: config.retry_ms.saturating_mul(1_000_000),
             limit: config.limit,
             max_batches: config.max_batches_per_run,
             retry_at,
+            retry_stock: AtomicU64::new(0),
             adaptive: config.adaptive,
+            demand: config.demand,
+            headroom_pct: config.headroom_percent,
+            stock: Stock::new(),
+            stock_keep,
+            blanks: IrqMutex::new(LinkedList::new(EmptyAdapter::new())),
+            blank_count: AtomicUsize::new(0),
+            shell_pages,
+            shell_capacity,
+            // At most a quarter of the cap waits in blank shells.
+            blank_keep: stock_keep
+                .checked_div(shell_pages)
+                .map_or(0, |n| n.min(cap / 4 / (shell_pages * PAGE_SIZE).max(1))),
+            adopted: AtomicU64::new(0),
+            carved_peak: [AtomicUsize::new(0), AtomicUsize::new(0)],
+            carved_bucket: AtomicU64::new(0),
             running: AtomicBool::new(false),
             grow_batches: AtomicU64::new(0),
             shrink_batches: AtomicU64::new(0),
@@ -283,6 +459,16 @@ impl<P: Platform> PoolSet<P> {
         &self.shared
     }
 
+    /// The stock of converted, uncarved pages.
+    pub fn stock(&self) -> &Stock<P::Lock> {
+        &self.stock
+    }
+
+    /// Pages the stock keeps (0: no stock).
+    pub fn stock_keep_pages(&self) -> usize {
+        self.stock_keep
+    }
+
     /// The cap on committed shared memory.
     pub fn cap_bytes(&self) -> usize {
         self.shared.cap_bytes()
@@ -304,11 +490,83 @@ impl<P: Platform> PoolSet<P> {
     /// Any context; never sleeps, allocates or converts.
     #[inline]
     pub fn pop(&self, class: usize, dip_reserve: bool) -> Option<FreeBuffer> {
-        let p = self.pools[class].pop(dip_reserve)?;
+        let p = match self.pools[class].pop(dip_reserve) {
+            Some(p) => p,
+            // The class's own request found it empty: reshape a blank shell for it.
+            None if dip_reserve => self.adopt(class)?,
+            None => return None,
+        };
         if p.wake {
             self.platform.wake_refill();
         }
         Some(p.buf)
+    }
+
+    /// Whether class `i`'s chunks are shells.
+    #[inline]
+    fn shellable(&self, i: usize) -> bool {
+        self.shell_pages != 0 && self.table.get(i).chunk_pages == self.shell_pages
+    }
+
+    /// Blank shells ready now.
+    pub fn blank_shells(&self) -> usize {
+        self.blank_count.load(Ordering::Relaxed)
+    }
+
+    /// Shells the map path reshaped for a class that ran empty.
+    pub fn adopted_shells(&self) -> u64 {
+        self.adopted.load(Ordering::Relaxed)
+    }
+
+    fn take_blank(&self) -> Option<Arc<Chunk>> {
+        let mut b = self.blanks.lock();
+        let shell = b.pop_back()?;
+        self.blank_count.fetch_sub(1, Ordering::Relaxed);
+        drop(b);
+        Some(shell)
+    }
+
+    fn put_blank(&self, shell: Arc<Chunk>, since: u64) {
+        shell.set_empty_since(since.max(1));
+        self.blanks.lock().push_back(shell);
+        self.blank_count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The map path's last resort before a larger class: a blank shell reshaped for
+    /// `class` and published to its pool, then popped. No allocation, no conversion:
+    /// the shell is already shared, indexed and has its records.
+    fn adopt(&self, class: usize) -> Option<crate::pool::Popped> {
+        if !self.shellable(class) {
+            return None;
+        }
+        let shell = self.take_blank()?;
+        shell.reshape(class, self.table.get(class));
+        self.pools[class].publish(shell);
+        self.adopted.fetch_add(1, Ordering::Relaxed);
+        if self.blank_shells() < self.blank_keep / 2 + 1 {
+            self.platform.wake_refill();
+        }
+        self.pools[class].pop(true)
+    }
+
+    /// Takes a free buffer of a class larger than `class` for a request whose own class
+    /// is empty: first above each larger class's emergency reserve, smallest first,
+    /// then from the reserves themselves. Larger classes are aligned at least as much,
+    /// so any of them holds the request. `None` only when no larger class has a free
+    /// buffer at all.
+    ///
+    /// # Context
+    /// Any context; never sleeps, allocates or converts.
+    pub fn pop_larger(&self, class: usize) -> Option<FreeBuffer> {
+        let larger = class + 1..self.table.len();
+        let pop = |c: usize, dip: bool| {
+            let p = self.pools[c].pop_for(dip, false)?;
+            if p.wake {
+                self.platform.wake_refill();
+            }
+            Some(p.buf)
+        };
+        larger.clone().find_map(|c| pop(c, false)).or_else(|| larger.into_iter().find_map(|c| pop(c, true)))
     }
 
     /// Gives an unmapped buffer back to its pool.
@@ -382,7 +640,12 @@ impl<P: Platform> PoolSet<P> {
 
     // ---------------------------------------------------------------- engine
 
-    /// Converts one batch for `class` and publishes it. Returns the buffers added.
+    /// Adds one chunk to `class` and publishes it. Returns the buffers added. With a
+    /// stock the chunk is carved from it (converting a new block into the stock first
+    /// when no free extent holds the chunk); without one, one batch is converted for the
+    /// chunk alone (the seed's layout).
+    ///
+    /// Serialized with [`PoolSet::run`]: waits while a run is in progress.
     ///
     /// # Errors
     /// [`GrowError::Cap`] when the cap leaves no room, [`GrowError::Platform`] when the
@@ -391,10 +654,39 @@ impl<P: Platform> PoolSet<P> {
     /// # Context
     /// Process context; may sleep.
     pub fn grow(&self, class: usize) -> Result<usize, GrowError> {
+        while self.running.swap(true, Ordering::Acquire) {
+            core::hint::spin_loop();
+        }
+        let r = self.grow_locked(class, self.platform.now_ns());
+        self.running.store(false, Ordering::Release);
+        r
+    }
+
+    /// [`PoolSet::grow`] with the engine flag held.
+    fn grow_locked(&self, class: usize, now: u64) -> Result<usize, GrowError> {
         let c = self.table.get(class);
+        if self.shellable(class) {
+            let shell = match self.take_blank() {
+                Some(s) => s,
+                // A class that ran dry gets its shell from a conversion of one shell, so
+                // it is served as soon as possible; otherwise convert for the keep too.
+                None => self.make_shell(now, self.pools[class].ready() > 0).inspect_err(|_| {
+                    self.grow_failures.fetch_add(1, Ordering::Relaxed);
+                })?,
+            };
+            shell.reshape(class, c);
+            self.pools[class].publish(shell);
+            self.grow_batches.fetch_add(1, Ordering::Relaxed);
+            return Ok(c.chunk_buffers);
+        }
         let pages = PageCount(c.chunk_pages);
-        let req = PageRequest { pages, context: AllocContext::MaySleep, limit: self.limit };
-        let base = self.shared.alloc_shared(req).inspect_err(|_| {
+        let base = if self.stock_keep == 0 {
+            let req = PageRequest { pages, context: AllocContext::MaySleep, limit: self.limit };
+            self.shared.alloc_shared(req)
+        } else {
+            self.carve_from_stock(c, now)
+        }
+        .inspect_err(|_| {
             self.grow_failures.fetch_add(1, Ordering::Relaxed);
         })?;
         // Everything below runs outside the pool lock: records, free stack, index.
@@ -402,14 +694,57 @@ impl<P: Platform> PoolSet<P> {
         if self.index.insert(&chunk).is_err() {
             self.grow_failures.fetch_add(1, Ordering::Relaxed);
             drop(chunk);
-            // Pages that fail to convert back are quarantined inside; report the
-            // index failure either way.
-            let _ = self.shared.free_shared(base, pages);
+            if self.stock_keep == 0 {
+                // Pages that fail to convert back are quarantined inside; report the
+                // index failure either way.
+                let _ = self.shared.free_shared(base, pages);
+            } else {
+                self.stock.give(base, pages.get(), now);
+            }
             return Err(GrowError::Platform(PlatformError::AllocFailed { pages: pages.get() }));
         }
         self.pools[class].publish(chunk);
         self.grow_batches.fetch_add(1, Ordering::Relaxed);
         Ok(c.chunk_buffers)
+    }
+
+    /// Builds a blank shell from the stock (converting a block into it first when no
+    /// extent holds one), indexes it and returns it (not yet on the blank list).
+    fn make_shell(&self, now: u64, batch: bool) -> Result<Arc<Chunk>, GrowError> {
+        let align = MAX_BUFFER_ALIGN / PAGE_SIZE;
+        let base = if let Some(a) = self.stock.take(self.shell_pages, align) {
+            a
+        } else {
+            let shells = if batch { self.blank_keep.saturating_sub(self.blank_shells()).max(1) } else { 1 };
+            let want = shells * self.shell_pages + align - 1;
+            let room = self.shared.cap_bytes().saturating_sub(self.shared.shared_bytes()) / PAGE_SIZE;
+            let pages = want.min(room).max(self.shell_pages + align - 1);
+            self.stock.refill(&self.shared, pages, self.limit, now)?;
+            self.stock
+                .take(self.shell_pages, align)
+                .ok_or(GrowError::Platform(PlatformError::AllocFailed { pages: self.shell_pages }))?
+        };
+        let shell = Arc::new(Chunk::shell(base, self.shell_pages, self.shell_capacity));
+        if self.index.insert(&shell).is_err() {
+            self.stock.give(base, self.shell_pages, now);
+            return Err(GrowError::Platform(PlatformError::AllocFailed { pages: self.shell_pages }));
+        }
+        Ok(shell)
+    }
+
+    /// Takes `c`'s chunk from the stock, converting a block into it first when no free
+    /// extent holds the chunk at its alignment: the block tops the stock up to its keep
+    /// and holds at least the chunk.
+    fn carve_from_stock(&self, c: &SizeClass, now: u64) -> Result<PhysAddr, GrowError> {
+        if let Some(a) = self.stock.take(c.chunk_pages, c.align_pages()) {
+            return Ok(a);
+        }
+        let need = c.chunk_pages + c.align_pages() - 1;
+        let pages = need.max(self.stock_keep.saturating_sub(self.stock.pages()));
+        self.stock.refill(&self.shared, pages, self.limit, now)?;
+        self.stock
+            .take(c.chunk_pages, c.align_pages())
+            .ok_or(GrowError::Platform(PlatformError::AllocFailed { pages: c.chunk_pages }))
     }
 
     /// Grows `class` until it has at least `ready` free buffers (boot fill).
@@ -423,34 +758,271 @@ impl<P: Platform> PoolSet<P> {
         Ok(())
     }
 
-    /// Fills every class to its emergency reserve (boot), so maps succeed before the
-    /// engine first runs.
+    /// Free buffers class `i` holds at boot: its floor (the configured target) under the
+    /// demand policy, its emergency reserve with fixed watermarks.
+    pub fn boot_fill(&self, i: usize) -> usize {
+        let c = self.table.get(i);
+        if self.demand {
+            c.target
+        } else {
+            c.reserve
+        }
+    }
+
+    /// Fills every class to its boot level ([`PoolSet::boot_fill`]), so maps succeed
+    /// before the engine first runs. With a stock, the floors and the stock's keep are
+    /// converted as one block first (one conversion call where the platform allows).
     ///
     /// # Errors
     /// The first [`GrowError`].
     pub fn fill_reserves(&self) -> Result<(), GrowError> {
-        (0..self.table.len()).try_for_each(|i| self.fill(i, self.table.get(i).reserve))
+        if self.stock_keep > 0 {
+            let mut pages = self.stock_keep + MAX_BUFFER_ALIGN / PAGE_SIZE;
+            for (i, c) in self.table.classes().iter().enumerate() {
+                let chunks = self.boot_fill(i).saturating_sub(self.pools[i].ready()).div_ceil(c.chunk_buffers);
+                pages += chunks * (c.chunk_pages + c.align_pages() - 1);
+            }
+            let pages = pages.min(self.shared.cap_bytes().saturating_sub(self.shared.shared_bytes()) / PAGE_SIZE);
+            if pages > self.stock.pages() {
+                while self.running.swap(true, Ordering::Acquire) {
+                    core::hint::spin_loop();
+                }
+                let r = self.stock.refill(&self.shared, pages - self.stock.pages(), self.limit, self.platform.now_ns());
+                self.running.store(false, Ordering::Release);
+                r?;
+            }
+        }
+        (0..self.table.len()).try_for_each(|i| self.fill(i, self.boot_fill(i)))?;
+        // Blank shells are room for fluctuations, not a requirement: the cap may leave
+        // none (the engine retries later).
+        while self.blank_shells() < self.blank_keep {
+            match self.make_shell(self.platform.now_ns(), true) {
+                Ok(s) => self.put_blank(s, self.platform.now_ns()),
+                Err(GrowError::Cap { .. }) => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// Returns a detached chunk: out of the index, converted back, freed (or
     /// quarantined when the conversion fails).
-    fn retire(&self, chunk: &Arc<Chunk>, report: &mut BackgroundReport) {
+    fn retire(&self, chunk: &Arc<Chunk>) {
+        self.shrink_batches.fetch_add(1, Ordering::Relaxed);
+        if chunk.is_shell() {
+            // Blank again, still indexed and shared: the next class that needs a chunk
+            // (on the map path or in the engine) reshapes it.
+            let since = match chunk.empty_since() {
+                0 => self.platform.now_ns(),
+                t => t,
+            };
+            chunk.blank();
+            self.put_blank(Arc::clone(chunk), since);
+            return;
+        }
         self.index.remove(chunk);
+        if self.stock_keep > 0 {
+            // Back to the stock, free since the chunk became idle: no conversion now.
+            let since = match chunk.empty_since() {
+                0 => self.platform.now_ns(),
+                t => t,
+            };
+            self.stock.give(chunk.base(), chunk.pages().get(), since);
+            return;
+        }
         match self.shared.free_shared(chunk.base(), chunk.pages()) {
-            Ok(()) => report.pages_shrunk += chunk.pages().get() as u64,
+            Ok(()) => {}
             Err(e) => self.platform.log(
                 bounce_framework::LogLevel::Error,
                 format_args!("bounce-refill: returning {} pages at {}: {e}", chunk.pages().get(), chunk.base()),
             ),
         }
-        self.shrink_batches.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The stock's part of a run: top it up to its keep when it fell below half of it
+    /// (one conversion, within the cap), or return stock idle beyond the keep.
+    fn tend_stock(&self, now: u64) {
+        if self.stock_keep == 0 {
+            return;
+        }
+        if self.shell_pages != 0 {
+            self.tend_blanks(now);
+            return;
+        }
+        let have = self.stock.pages();
+        if have < self.stock_keep / 2 {
+            let room = self.shared.cap_bytes().saturating_sub(self.shared.shared_bytes()) / PAGE_SIZE;
+            let pages = (self.stock_keep - have).min(room);
+            if pages > 0 && self.retry_stock.load(Ordering::Relaxed) <= now {
+                match self.stock.refill(&self.shared, pages, self.limit, now) {
+                    Ok(()) => {}
+                    Err(e) => {
+                        self.grow_failures.fetch_add(1, Ordering::Relaxed);
+                        self.retry_stock.store(now.saturating_add(self.retry_ns).max(1), Ordering::Relaxed);
+                        self.platform.log(
+                            bounce_framework::LogLevel::Warn,
+                            format_args!("bounce-refill: topping up the stock by {pages} pages: {e}"),
+                        );
+                    }
+                }
+            }
+        } else {
+            // Keep the stock's own keep on top of the recent peak of carved pages: the
+            // stock absorbs every class's fluctuation, and is converted back only once
+            // the peak that needed it has left the window.
+            let carved = self.carved_pages();
+            let keep = self.stock_keep + self.carved_window_peak(now).saturating_sub(carved);
+            let (_, r) = self.stock.shrink(&self.shared, keep, now, self.idle_ns);
+            if let Err(e) = r {
+                self.platform
+                    .log(bounce_framework::LogLevel::Error, format_args!("bounce-refill: returning idle stock: {e}"));
+            }
+        }
+    }
+
+    /// Blank shells beyond which idle ones are returned: the keep, plus what the recent
+    /// peak of carved pages needed above what is carved now (so memory that a peak used
+    /// stays shared for the whole idle time).
+    fn blank_keep_now(&self, now: u64) -> usize {
+        let extra = self.carved_window_peak(now).saturating_sub(self.carved_pages());
+        self.blank_keep + extra.div_ceil(self.shell_pages.max(1))
+    }
+
+    /// The blank shells' part of a run: build shells up to the keep when fewer than
+    /// half are left (converting one block for all of them), or unindex blank shells
+    /// idle for `idle_ms` beyond [`PoolSet::blank_keep_now`] and convert them back.
+    fn tend_blanks(&self, now: u64) {
+        if self.blank_shells() <= self.blank_keep / 2 {
+            if self.retry_stock.load(Ordering::Relaxed) > now {
+                return;
+            }
+            while self.blank_shells() < self.blank_keep {
+                match self.make_shell(now, true) {
+                    Ok(s) => self.put_blank(s, now),
+                    Err(e) => {
+                        self.grow_failures.fetch_add(1, Ordering::Relaxed);
+                        self.retry_stock.store(now.saturating_add(self.retry_ns).max(1), Ordering::Relaxed);
+                        if !matches!(e, GrowError::Cap { .. }) {
+                            self.platform.log(
+                                bounce_framework::LogLevel::Warn,
+                                format_args!("bounce-refill: building blank shells: {e}"),
+                            );
+                        }
+                        break;
+                    }
+                }
+            }
+        } else {
+            let keep = self.blank_keep_now(now);
+            while self.blank_shells() > keep {
+                let victim = {
+                    let mut b = self.blanks.lock();
+                    match b.front().get() {
+                        Some(c) if now.saturating_sub(c.empty_since()) >= self.idle_ns => {
+                            self.blank_count.fetch_sub(1, Ordering::Relaxed);
+                            b.pop_front()
+                        }
+                        _ => None,
+                    }
+                };
+                let Some(shell) = victim else { break };
+                self.index.remove(&shell);
+                self.stock.give(shell.base(), shell.pages().get(), shell.empty_since());
+            }
+        }
+        // Stock left over from blocks (alignment slack, returned shells) goes back once
+        // it has been idle.
+        let (_, r) = self.stock.shrink(&self.shared, 0, now, self.idle_ns);
+        if let Err(e) = r {
+            self.platform
+                .log(bounce_framework::LogLevel::Error, format_args!("bounce-refill: returning idle stock: {e}"));
+        }
+    }
+
+    /// Whether the blank shells want tending at `now`.
+    fn blanks_pending(&self, now: u64) -> bool {
+        if self.shell_pages == 0 {
+            return false;
+        }
+        let n = self.blank_shells();
+        (n <= self.blank_keep / 2 && self.retry_stock.load(Ordering::Relaxed) <= now && self.blank_keep > 0)
+            || (n > self.blank_keep_now(now)
+                && self
+                    .blanks
+                    .lock()
+                    .front()
+                    .get()
+                    .is_some_and(|c| now.saturating_sub(c.empty_since()) >= self.idle_ns))
+            || self.stock.shrink_pending(0, now, self.idle_ns)
+    }
+
+    /// Pages carved into class chunks now (committed minus blank shells and the stock).
+    fn carved_pages(&self) -> usize {
+        (self.shared.shared_bytes() / PAGE_SIZE)
+            .saturating_sub(self.stock.pages())
+            .saturating_sub(self.blank_shells() * self.shell_pages)
+    }
+
+    /// The most pages carved over the recent window (two buckets of half the idle time)
+    /// as a run at `now` sees it: once the current bucket has ended, its predecessor
+    /// leaves the window.
+    fn carved_window_peak(&self, now: u64) -> usize {
+        let cur = self.carved_peak[0].load(Ordering::Relaxed);
+        let bucket = (self.idle_ns / 2).max(1);
+        if now.saturating_sub(self.carved_bucket.load(Ordering::Relaxed)) >= bucket {
+            cur.max(self.carved_pages())
+        } else {
+            cur.max(self.carved_peak[1].load(Ordering::Relaxed))
+        }
+    }
+
+    /// Folds the pages carved now into the window.
+    fn note_carved(&self, now: u64) {
+        let carved = self.carved_pages();
+        let bucket = (self.idle_ns / 2).max(1);
+        if now.saturating_sub(self.carved_bucket.load(Ordering::Relaxed)) >= bucket {
+            let cur = self.carved_peak[0].swap(carved, Ordering::Relaxed);
+            self.carved_peak[1].store(cur, Ordering::Relaxed);
+            self.carved_bucket.store(now, Ordering::Relaxed);
+        } else {
+            self.carved_peak[0].fetch_max(carved, Ordering::Relaxed);
+        }
+    }
+
+    /// Runs the demand policy of every class (see [`ClassPool`]): the window of two
+    /// buckets of half the chunk idle time each, so a ramp is remembered for between
+    /// half and the whole chunk idle time (the stock remembers the set's peak for the
+    /// whole idle time). Nothing under fixed watermarks.
+    fn update_demand(&self, now: u64) {
+        if !self.demand {
+            return;
+        }
+        let bucket = (self.chunk_idle_ns / 2).max(1);
+        for p in &*self.pools {
+            p.update_demand(now, bucket, self.headroom_pct);
+        }
+    }
+
+    /// The demand policy's current decision for class `i` (diagnostics; reads the
+    /// window without changing it).
+    pub fn demand_targets(&self, i: usize) -> DemandTargets {
+        let p = &self.pools[i];
+        DemandTargets {
+            out: p.counters().capacity - p.ready(),
+            target: p.effective_target(),
+            high: p.effective_high(),
+            low: p.wake_below(),
+            ..DemandTargets::default()
+        }
     }
 
     fn wants_growth(&self, i: usize, now: u64) -> bool {
         let c = self.table.get(i);
         self.pools[i].ready() < self.pools[i].effective_target()
             && self.retry_at[i].load(Ordering::Relaxed) <= now
-            && self.shared.fits_cap(c.chunk_bytes())
+            && (self.shared.fits_cap(c.chunk_bytes() + if self.stock_keep == 0 { 0 } else { MAX_BUFFER_ALIGN })
+                || (self.shellable(i) && self.blank_shells() > 0)
+                || self.stock.largest_extent() >= c.chunk_pages + c.align_pages() - 1)
     }
 
     /// The class to grow next: the lowest free/target ratio among those that want and
@@ -463,10 +1035,10 @@ impl<P: Platform> PoolSet<P> {
 
     /// Under cap pressure: returns one completely free chunk of a class above its
     /// target so an urgent class can grow. Whether one was returned.
-    fn reclaim_for(&self, urgent: usize, now: u64, report: &mut BackgroundReport) -> bool {
+    fn reclaim_for(&self, urgent: usize, now: u64) -> bool {
         for d in (0..self.table.len()).filter(|&d| d != urgent) {
             if let Some(ch) = self.pools[d].take_idle(now, 0, self.pools[d].effective_target()) {
-                self.retire(&ch, report);
+                self.retire(&ch);
                 self.cap_reclaims.fetch_add(1, Ordering::Relaxed);
                 return true;
             }
@@ -487,19 +1059,21 @@ impl<P: Platform> PoolSet<P> {
             return report;
         }
         let t0 = self.platform.now_ns();
-        let q0 = self.shared.stats().quarantined_pages;
+        let c0 = self.shared.stats();
         self.runs.fetch_add(1, Ordering::Relaxed);
+        self.update_demand(now);
         // Demand boosts, then shrink: idle chunks above the high watermark.
         for pool in &*self.pools {
             if self.adaptive {
                 pool.adapt(now, self.idle_ns);
             }
-            while let Some(ch) = pool.take_idle(now, self.idle_ns, pool.effective_high()) {
-                self.retire(&ch, &mut report);
+            while let Some(ch) = pool.take_idle(now, self.chunk_idle_ns, pool.effective_high()) {
+                self.retire(&ch);
             }
         }
         // Grow.
         let mut batches = 0;
+        let mut carved = 0;
         loop {
             let Some(i) = self.neediest(now) else {
                 // Blocked by the cap: make room for the most urgent class below its
@@ -510,19 +1084,22 @@ impl<P: Platform> PoolSet<P> {
                         && !self.shared.fits_cap(self.table.get(i).chunk_bytes())
                 });
                 match urgent {
-                    Some(u) if self.reclaim_for(u, now, &mut report) => continue,
+                    Some(u) if self.reclaim_for(u, now) => continue,
                     _ => break,
                 }
             };
-            if batches == self.max_batches {
+            // A run converts at most `max_batches` batches; carving from the stock is
+            // bounded by as many default batches' worth of pages.
+            let spent = if self.stock_keep == 0 { batches } else { carved / DEFAULT_BATCH_PAGES };
+            if spent >= self.max_batches {
                 report.more = true;
                 break;
             }
             batches += 1;
-            match self.grow(i) {
+            match self.grow_locked(i, now) {
                 Ok(n) => {
                     report.buffers_added += n as u64;
-                    report.pages_grown += self.table.get(i).chunk_pages as u64;
+                    carved += self.table.get(i).chunk_pages;
                 }
                 // Another grower took the room first: re-evaluate.
                 Err(GrowError::Cap { .. }) => {}
@@ -535,7 +1112,12 @@ impl<P: Platform> PoolSet<P> {
                 }
             }
         }
-        report.pages_quarantined = self.shared.stats().quarantined_pages - q0;
+        self.note_carved(now);
+        self.tend_stock(now);
+        let c1 = self.shared.stats();
+        report.pages_quarantined = c1.quarantined_pages - c0.quarantined_pages;
+        report.pages_grown = c1.pages_decrypted - c0.pages_decrypted;
+        report.pages_shrunk = c1.pages_encrypted - c0.pages_encrypted;
         self.busy_ns.fetch_add(self.platform.now_ns().saturating_sub(t0), Ordering::Relaxed);
         self.running.store(false, Ordering::Release);
         report
@@ -548,7 +1130,18 @@ impl<P: Platform> PoolSet<P> {
     /// Any context; takes each pool lock briefly, never allocates.
     pub fn pending(&self, now: u64) -> bool {
         (0..self.table.len()).any(|i| self.wants_growth(i, now))
-            || self.pools.iter().any(|p| p.has_idle(now, self.idle_ns, p.effective_high()))
+            || self.pools.iter().any(|p| p.has_idle(now, self.chunk_idle_ns, p.effective_high()))
+            || self.blanks_pending(now)
+            || (self.stock_keep > 0
+                && self.shell_pages == 0
+                && ((self.stock.pages() < self.stock_keep / 2
+                    && self.retry_stock.load(Ordering::Relaxed) <= now
+                    && self.shared.fits_cap(PAGE_SIZE))
+                    || self.stock.shrink_pending(
+                        self.stock_keep + self.carved_window_peak(now).saturating_sub(self.carved_pages()),
+                        now,
+                        self.idle_ns,
+                    )))
     }
 
     // ---------------------------------------------------------------- observability
@@ -604,14 +1197,35 @@ impl<P: Platform> PoolSet<P> {
             let mine: Vec<Arc<Chunk>> = chunks.iter().filter(|c| c.class() == i).cloned().collect();
             totals.merge(&pool.audit(&mine)?);
         }
-        if chunks.iter().any(|c| c.class() >= self.table.len()) {
+        if chunks.iter().any(|c| c.class() >= self.table.len() && c.class() != BLANK) {
             return Err(AuditError("index: a chunk of an unknown class".into()));
         }
-        let committed = self.shared.shared_bytes();
-        if totals.owned_bytes != committed {
+        let blanks: Vec<&Arc<Chunk>> = chunks.iter().filter(|c| c.class() == BLANK).collect();
+        if let Some(b) = blanks.iter().find(|c| !c.is_shell() || c.buffers() != 0 || c.free_count() != 0) {
+            return Err(AuditError(format!("index: a blank chunk with buffers or not a shell: {b:?}")));
+        }
+        if blanks.len() != self.blank_shells() || blanks.len() != self.blanks.lock().iter().count() {
             return Err(AuditError(format!(
-                "chunks own {} bytes but {committed} shared bytes are committed",
-                totals.owned_bytes
+                "{} blank shells are indexed but the blank list counts {}",
+                blanks.len(),
+                self.blank_shells()
+            )));
+        }
+        let blank_bytes: usize = blanks.iter().map(|c| c.pages().bytes()).sum();
+        let committed = self.shared.shared_bytes();
+        let stock = self.stock.check().map_err(|e| AuditError(e.into()))?;
+        if totals.owned_bytes + blank_bytes + stock.free_pages * PAGE_SIZE != committed {
+            return Err(AuditError(format!(
+                "chunks own {} bytes, blank shells {blank_bytes} and the stock {} but {committed} shared bytes are \
+                 committed",
+                totals.owned_bytes,
+                stock.free_pages * PAGE_SIZE
+            )));
+        }
+        if self.stock_keep > 0 && stock.live_pages * PAGE_SIZE != committed {
+            return Err(AuditError(format!(
+                "the stock's blocks hold {} live bytes but {committed} shared bytes are committed",
+                stock.live_pages * PAGE_SIZE
             )));
         }
         if totals.in_flight_bytes != self.usage.used() {
@@ -624,7 +1238,11 @@ impl<P: Platform> PoolSet<P> {
         if committed > self.shared.cap_bytes() {
             return Err(AuditError(format!("{committed} shared bytes exceed the cap of {}", self.shared.cap_bytes())));
         }
-        Ok(SetAudit { totals, quarantined_pages: self.shared.stats().quarantined_pages })
+        Ok(SetAudit {
+            totals,
+            stock_bytes: stock.free_pages * PAGE_SIZE + blank_bytes,
+            quarantined_pages: self.shared.stats().quarantined_pages,
+        })
     }
 }
 
@@ -632,11 +1250,15 @@ impl<P: Platform> Drop for PoolSet<P> {
     /// Returns every chunk whose buffers are all free to private memory. Chunks with
     /// buffers in flight stay shared (a device may still use them) and are leaked.
     fn drop(&mut self) {
-        let mut report = BackgroundReport::default();
         for pool in &*self.pools {
             while let Some(ch) = pool.take_idle(u64::MAX, 0, 0) {
-                self.retire(&ch, &mut report);
+                self.retire(&ch);
             }
         }
+        while let Some(shell) = self.take_blank() {
+            self.index.remove(&shell);
+            self.stock.give(shell.base(), shell.pages().get(), 0);
+        }
+        let _ = self.stock.shrink(&self.shared, 0, u64::MAX, 0);
     }
 }

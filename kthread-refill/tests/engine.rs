@@ -8,7 +8,7 @@ fn guest() -> SimGuest {
     SimGuest::new(SimConfig::new(PlatformKind::Tdx, 64 << 20, 2))
 }
 
-/// One 4 KiB class with `target` buffers per chunk, no reserve, `idle_ms` idle time,
+/// The seed layout (one conversion per chunk, no stock): one 4 KiB class with `target` buffers per chunk, no reserve, `idle_ms` idle time,
 /// fixed watermarks (no demand boost), so the arithmetic below is exact.
 fn one_class(target: usize, idle_ms: u64) -> PoolConfig {
     PoolConfig {
@@ -17,7 +17,7 @@ fn one_class(target: usize, idle_ms: u64) -> PoolConfig {
         idle_ms,
         cap_bytes: Some(16 << 20),
         adaptive: false,
-        ..PoolConfig::default()
+        ..PoolConfig::seed()
     }
 }
 
@@ -74,7 +74,7 @@ fn a_batch_costs_exactly_one_conversion_call() {
         ],
         reserve_percent: 0,
         cap_bytes: Some(48 << 20),
-        ..PoolConfig::default()
+        ..PoolConfig::seed()
     };
     let set = PoolSet::new(g.clone(), &cfg).unwrap();
     for class in 0..4 {
@@ -222,7 +222,7 @@ fn cap_bounds_growth_and_idle_memory_makes_room() {
         batch_pages: 16,
         reserve_percent: 0,
         cap_bytes: Some(6 * 16 * PAGE_SIZE),
-        ..PoolConfig::default()
+        ..PoolConfig::seed()
     };
     let set = PoolSet::new(g.clone(), &cfg).unwrap();
     let mut run = StepRunner::new(|now| set.run(now));

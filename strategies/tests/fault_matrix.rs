@@ -63,15 +63,16 @@ const ORIGINALS: usize = 320;
 fn cmdline(kind: StrategyKind) -> &'static str {
     match kind {
         StrategyKind::Legacy => "swiotlb=512 swiotlb.strategy=legacy",
-        // One 8 KiB class with a target of 8 (one chunk), a reserve of 2, idle memory
+        // The seed's layout (a chunk per conversion, so the page arithmetic below is
+        // exact), one 8 KiB class with a target of 8 (one chunk), a reserve of 2, idle memory
         // returned at once, a cap of 8 chunks (544 KiB).
         StrategyKind::Dynamic => {
-            "swiotlb.strategy=dynamic swiotlb.dynamic.classes=8K:8 swiotlb.dynamic.cap=544K \
+            "swiotlb.strategy=dynamic swiotlb.dynamic.preset=seed swiotlb.dynamic.classes=8K:8 swiotlb.dynamic.cap=544K \
              swiotlb.dynamic.idle_ms=0 swiotlb.dynamic.reserve=25"
         }
         // The same pools, with small magazines (4 rounds).
         StrategyKind::Magazine => {
-            "swiotlb.strategy=magazine swiotlb.magazine.classes=8K:8 swiotlb.magazine.cap=544K \
+            "swiotlb.strategy=magazine swiotlb.magazine.preset=seed swiotlb.magazine.classes=8K:8 swiotlb.magazine.cap=544K \
              swiotlb.magazine.idle_ms=0 swiotlb.magazine.reserve=25 swiotlb.magazine.rounds=4 \
              swiotlb.magazine.max_rounds=4"
         }

@@ -109,7 +109,8 @@ impl<P: Platform> Dynamic<P> {
     /// The boot name (`swiotlb.strategy=dynamic`).
     pub const NAME: &'static str = "dynamic";
     /// The `swiotlb.dynamic.*` parameters.
-    pub const PARAMS: &'static [&'static str] = &["classes", "cap", "batch", "idle_ms", "reserve", "limit", "fallback"];
+    pub const PARAMS: &'static [&'static str] =
+        &["preset", "classes", "cap", "batch", "idle_ms", "reserve", "limit", "headroom", "chunk", "stock", "fallback"];
 
     /// Builds the strategy from the boot command line: `swiotlb.dynamic.*` (see the crate
     /// documentation), and `swiotlb=<slots>` as the default cap.
@@ -217,12 +218,9 @@ impl<P: Platform> Strategy for Dynamic<P> {
         let mut buf = self.pools.pop(choice.class, true);
         if buf.is_none() && self.fallback {
             // Larger classes are aligned at least as much and hold the request too.
-            for c in choice.class + 1..self.pools.table().len() {
-                buf = self.pools.pop(c, false);
-                if buf.is_some() {
-                    self.fallbacks.fetch_add(1, Ordering::Relaxed);
-                    break;
-                }
+            buf = self.pools.pop_larger(choice.class);
+            if buf.is_some() {
+                self.fallbacks.fetch_add(1, Ordering::Relaxed);
             }
         }
         let Some(buf) = buf else { return Err(self.refuse(req, choice.class)) };

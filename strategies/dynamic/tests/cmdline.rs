@@ -3,7 +3,7 @@
 use bounce_dynamic::{Dynamic, DynamicConfig};
 use bounce_framework::sim::{PlatformKind, SimGuest};
 use bounce_framework::{BootConfig, CmdlineError, InitError, PhysAddr, Strategy};
-use bounce_refill::{ClassSpec, SEED_CLASSES};
+use bounce_refill::{ClassSpec, PoolConfig, DEFAULT_CLASSES, SEED_CLASSES};
 
 const KNOWN: &[&str] = &["legacy", "dynamic", "magazine"];
 
@@ -12,24 +12,36 @@ fn config(cmdline: &str) -> Result<DynamicConfig, InitError> {
 }
 
 #[test]
-fn defaults_are_the_seed() {
+fn defaults_are_the_demand_preset_and_the_seed_is_selectable() {
     let cfg = config("console=ttyS0 swiotlb.strategy=dynamic").unwrap();
     assert_eq!(cfg, DynamicConfig::default());
-    assert_eq!(cfg.pools.classes, SEED_CLASSES);
-    assert_eq!(cfg.pools.batch_pages, 1024);
+    assert_eq!(cfg.pools.classes, DEFAULT_CLASSES);
+    assert!(cfg.pools.demand && cfg.pools.stock_bytes > 0);
     assert_eq!(cfg.pools.cap_bytes, None);
     assert!(cfg.fallback);
-    // On the suite's 128 MiB guest the default cap is a quarter of RAM, and the boot
-    // fill (the reserves) fits under it.
+    let seed = config("swiotlb.dynamic.preset=seed").unwrap();
+    assert_eq!(seed.pools, PoolConfig::seed());
+    assert_eq!(seed.pools.classes, SEED_CLASSES);
+    assert!(!seed.pools.demand && seed.pools.stock_bytes == 0 && seed.pools.adaptive);
+    // Later parameters refine a preset.
+    assert_eq!(config("swiotlb.dynamic.preset=seed swiotlb.dynamic.idle_ms=7").unwrap().pools.idle_ms, 7);
+    let tok = "swiotlb.dynamic.preset=fast";
+    match config(tok) {
+        Err(InitError::Cmdline(e)) => assert!(e.to_string().contains(tok) && e.to_string().contains("seed"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    // On the suite's 128 MiB guest the default cap is a quarter of RAM; the boot floor
+    // (every class's floor plus the blank shells) fits well under it.
     let g = SimGuest::with(PlatformKind::Tdx, 128 << 20, 2);
     let s = Dynamic::from_boot(g.clone(), &BootConfig::parse("swiotlb.strategy=dynamic", KNOWN).unwrap()).unwrap();
     assert_eq!(s.pools().cap_bytes(), 32 << 20);
     assert_eq!(s.name(), "dynamic");
     let st = s.stats();
-    assert!(st.conversions.shared_bytes > 0 && st.conversions.shared_bytes <= 32 << 20);
-    for (i, c) in SEED_CLASSES.iter().enumerate() {
-        assert!(s.pools().pool(i).ready() >= c.target / 10, "class {} reserve filled at boot", c.size);
+    assert!(st.conversions.shared_bytes > 0 && st.conversions.shared_bytes <= 16 << 20, "{st:?}");
+    for (i, c) in DEFAULT_CLASSES.iter().enumerate() {
+        assert!(s.pools().pool(i).ready() >= c.target, "class {} floor filled at boot", c.size);
     }
+    assert!(s.pools().blank_shells() > 0, "blank shells ready at boot");
     s.audit().unwrap();
 }
 
@@ -37,7 +49,8 @@ fn defaults_are_the_seed() {
 fn every_parameter_is_read() {
     let cfg = config(
         "swiotlb.dynamic.classes=1K:100,8K:50:10:200 swiotlb.dynamic.cap=8M swiotlb.dynamic.batch=256 \
-         swiotlb.dynamic.idle_ms=50 swiotlb.dynamic.reserve=0 swiotlb.dynamic.fallback=off swiotlb.dynamic.limit=4G",
+         swiotlb.dynamic.idle_ms=50 swiotlb.dynamic.reserve=0 swiotlb.dynamic.fallback=off swiotlb.dynamic.limit=4G \
+         swiotlb.dynamic.headroom=20 swiotlb.dynamic.chunk=256K swiotlb.dynamic.stock=1M",
     )
     .unwrap();
     assert_eq!(
@@ -50,6 +63,7 @@ fn every_parameter_is_read() {
     assert_eq!(cfg.pools.reserve_percent, 0);
     assert!(!cfg.fallback);
     assert_eq!(cfg.pools.limit, PhysAddr(4 << 30));
+    assert_eq!((cfg.pools.headroom_percent, cfg.pools.chunk_bytes, cfg.pools.stock_bytes), (20, 256 << 10, 1 << 20));
     let g = SimGuest::with(PlatformKind::Tdx, 64 << 20, 2);
     let s = Dynamic::new(g, cfg).unwrap();
     assert_eq!(s.addressing_limit(), PhysAddr(4 << 30));
@@ -76,6 +90,10 @@ fn malformed_values_name_their_token() {
         "swiotlb.dynamic.reserve=60",
         "swiotlb.dynamic.fallback=maybe",
         "swiotlb.dynamic.limit=1K",
+        "swiotlb.dynamic.preset=",
+        "swiotlb.dynamic.headroom=500",
+        "swiotlb.dynamic.chunk=1K",
+        "swiotlb.dynamic.stock=1Q",
     ] {
         match config(tok) {
             Err(InitError::Cmdline(e)) => assert!(e.to_string().contains(tok), "{tok}: {e}"),
@@ -103,7 +121,8 @@ fn impossible_settings_are_config_errors() {
         KNOWN,
     )
     .unwrap();
-    assert!(matches!(Dynamic::from_boot(g.clone(), &boot), Err(InitError::Grow(_))));
+    let r = Dynamic::from_boot(g.clone(), &boot);
+    assert!(matches!(r, Err(InitError::Grow(_))), "{:?}", r.as_ref().err());
     assert_eq!(g.stats().shared_pages, 0, "a failed boot leaves nothing shared");
 }
 

@@ -37,7 +37,7 @@ fn threads_stream_the_seed_mix_while_kccd_refills() {
             ],
             cap_bytes: Some(96 << 20),
             idle_ms: 20,
-            ..PoolConfig::default()
+            ..PoolConfig::seed()
         },
         ..DynamicConfig::default()
     };

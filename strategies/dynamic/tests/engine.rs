@@ -29,7 +29,7 @@ fn setup(t2k: usize, t16k: usize, reserve: usize, idle_ms: u64) -> T {
             reserve_percent: reserve,
             idle_ms,
             cap_bytes: Some(16 << 20),
-            ..PoolConfig::default()
+            ..PoolConfig::seed()
         },
         ..DynamicConfig::default()
     };
@@ -128,7 +128,7 @@ impl T {
 }
 
 #[test]
-fn fallback_leaves_the_larger_class_reserve_alone() {
+fn fallback_takes_larger_classes_above_their_reserve_first_then_the_reserve() {
     // 16 KiB class: target 10, reserve 50 % = 5. 2 KiB class: target 8, reserve 4.
     let t = setup(8, 10, 50, 1000);
     let s = t.s();
@@ -141,20 +141,23 @@ fn fallback_leaves_the_larger_class_reserve_alone() {
     for _ in 0..8 {
         live.push(t.map(1000).unwrap());
     }
-    // The 2 KiB class is empty: fallbacks take 16 KiB buffers down to that class's
-    // reserve (5), then stop.
+    // The 2 KiB class is empty: fallbacks take 16 KiB buffers above that class's
+    // reserve first (5) ...
     for _ in 0..5 {
         live.push(t.map(1000).unwrap());
     }
     assert_eq!(s.counters().fallbacks, 5);
-    assert!(matches!(t.map(1000), Err(MapError::NoBufferReady { .. })));
-    assert_eq!(s.pools().pool(1).ready(), 5);
-    // The 16 KiB class's own requests still get its reserve.
+    assert_eq!(s.pools().counters(1).reserve_dips, 0);
+    // ... then its reserve too: no map fails while a free shared buffer can serve it.
     for _ in 0..5 {
-        live.push(t.map(10_000).unwrap());
+        live.push(t.map(1000).unwrap());
     }
-    assert_eq!(s.pools().counters(1).reserve_dips, 5);
+    assert_eq!(s.counters().fallbacks, 10);
+    assert_eq!(s.pools().pool(1).ready(), 0);
+    // Only now, with no free buffer of a fitting class left, a map fails: counted.
+    assert!(matches!(t.map(1000), Err(MapError::NoBufferReady { .. })));
     assert!(matches!(t.map(10_000), Err(MapError::NoBufferReady { class_size: 16384, .. })));
+    assert_eq!(s.counters().no_buffer, 2);
     for d in live {
         t.unmap(d, 1000);
     }
@@ -249,7 +252,7 @@ fn cap_is_a_hard_bound_and_reported() {
             reserve_percent: 0,
             batch_pages: 64,
             cap_bytes: Some(1 << 20),
-            ..PoolConfig::default()
+            ..PoolConfig::seed()
         },
         fallback: true,
     };

@@ -144,6 +144,10 @@ impl<P: Platform> Magazine<P> {
     pub const NAME: &'static str = "magazine";
     /// The `swiotlb.magazine.*` parameters (see [`config`]).
     pub const PARAMS: &'static [&'static str] = &[
+        "preset",
+        "headroom",
+        "chunk",
+        "stock",
         "classes",
         "cap",
         "batch",
@@ -187,11 +191,7 @@ impl<P: Platform> Magazine<P> {
     /// reserves cannot be converted.
     pub fn new(platform: P, config: MagazineConfig) -> Result<Self, InitError> {
         let layer_cfg = {
-            let classes = bounce_refill::ClassTable::new(
-                &config.pools.classes,
-                config.pools.batch_pages,
-                config.pools.reserve_percent,
-            )?;
+            let classes = config.pools.table()?;
             config.layer_config(platform.cpu_count(), classes.classes())?
         };
         let MagazineConfig { pools, fallback, trim_ms, reap_ms, .. } = config;
@@ -340,8 +340,10 @@ impl<P: Platform> Strategy for Magazine<P> {
             Some(buf)
         } else {
             self.platform.wake_refill();
+            // A larger class from anywhere it is cached (this CPU, the depot, the pool,
+            // other CPUs): larger classes are aligned at least as much.
             let larger = if self.fallback { choice.class + 1..self.pools.table().len() } else { 0..0 };
-            let buf = larger.into_iter().find_map(|c| self.pools.pop(c, false));
+            let buf = larger.into_iter().find_map(|c| self.layer.alloc(&self.pools, req.cpu, c).map(|(b, _)| b));
             if buf.is_some() {
                 self.fallbacks.fetch_add(1, Ordering::Relaxed);
             }

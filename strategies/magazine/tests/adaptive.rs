@@ -27,7 +27,7 @@ fn cfg(target: usize, cap_pages: usize, rounds: usize, max_rounds: usize) -> Mag
             cap_bytes: Some(cap_pages * 4096),
             reserve_percent: 0,
             idle_ms: 50,
-            ..PoolConfig::default()
+            ..PoolConfig::seed()
         },
         rounds: RoundsSetting::Uniform(rounds),
         max_rounds: RoundsSetting::Uniform(max_rounds),

@@ -4,7 +4,7 @@ use bounce_framework::sim::{PlatformKind, SimGuest};
 use bounce_framework::{BootConfig, CmdlineError, InitError, PhysAddr, Strategy};
 use bounce_magazine::config::{default_max_rounds, default_rounds};
 use bounce_magazine::{Magazine, MagazineConfig, RoundsSetting};
-use bounce_refill::{ClassSpec, SEED_CLASSES};
+use bounce_refill::{ClassSpec, DEFAULT_CLASSES, SEED_CLASSES};
 
 const KNOWN: &[&str] = &["legacy", "dynamic", "magazine"];
 
@@ -20,19 +20,22 @@ fn boot(guest: &SimGuest, cmdline: &str) -> Result<Magazine<SimGuest>, InitError
 fn defaults_are_documented() {
     let cfg = config("console=ttyS0 swiotlb.strategy=magazine").unwrap();
     assert_eq!(cfg, MagazineConfig::default());
-    assert_eq!(cfg.pools.classes, SEED_CLASSES);
+    assert_eq!(cfg.pools.classes, DEFAULT_CLASSES);
+    assert_eq!(config("swiotlb.magazine.preset=seed").unwrap().pools.classes, SEED_CLASSES);
     assert_eq!((cfg.trim_ms, cfg.reap_ms, cfg.contention), (100, 1000, 3));
     assert_eq!((cfg.rounds.clone(), cfg.depot, cfg.depot_target), (RoundsSetting::Default, None, None));
     // Per-class magazine sizes for the seed's classes.
     let sizes: Vec<_> = SEED_CLASSES.iter().map(|c| (default_rounds(c.size), default_max_rounds(c.size))).collect();
     assert_eq!(sizes, [(32, 128), (32, 128), (16, 64), (4, 16), (1, 1)]);
+    let sizes: Vec<_> = DEFAULT_CLASSES.iter().map(|c| default_rounds(c.size)).collect();
+    assert_eq!(sizes, [32, 32, 32, 16, 8, 4, 2, 1, 1, 1, 1]);
     let g = SimGuest::with(PlatformKind::Tdx, 128 << 20, 2);
     let s = boot(&g, "swiotlb.strategy=magazine").unwrap();
     assert_eq!(s.name(), "magazine");
     assert_eq!(s.pools().cap_bytes(), 32 << 20);
     let l = s.layer();
-    assert_eq!((l.cpu_count(), l.class_count(), l.depot_target()), (2, 5, 2));
-    assert_eq!((0..5).map(|c| l.rounds(c)).collect::<Vec<_>>(), [32, 32, 16, 4, 1]);
+    assert_eq!((l.cpu_count(), l.class_count(), l.depot_target()), (2, 11, 2));
+    assert_eq!((0..11).map(|c| l.rounds(c)).collect::<Vec<_>>(), sizes);
     assert!(g.logs().iter().any(|(_, m)| m.contains("magazine strategy: 2 CPUs")), "{:?}", g.logs());
     s.audit().unwrap();
 }
@@ -97,7 +100,7 @@ fn inconsistent_magazine_sizes_are_refused_with_a_reason() {
     let used = g.stats().allocated_pages;
     for (cmdline, says) in [
         ("swiotlb.magazine.rounds=64 swiotlb.magazine.max_rounds=32", "rounds <= max_rounds"),
-        ("swiotlb.magazine.rounds=1,2,3", "lists 3 values for 5 size classes"),
+        ("swiotlb.magazine.rounds=1,2,3", "lists 3 values for 11 size classes"),
         ("swiotlb.magazine.depot=1 swiotlb.magazine.depot_target=2", "exceeds the 1 depot magazines"),
     ] {
         let e = boot(&g, cmdline).err().unwrap_or_else(|| panic!("{cmdline} was accepted"));

@@ -19,7 +19,7 @@ pub fn small_config() -> DynamicConfig {
                 ClassSpec::new(512 << 10, 8),
             ],
             cap_bytes: Some(24 << 20),
-            ..PoolConfig::default()
+            ..PoolConfig::seed()
         },
         ..DynamicConfig::default()
     }

@@ -20,7 +20,7 @@ pub fn small_config() -> MagazineConfig {
                 ClassSpec::new(512 << 10, 8),
             ],
             cap_bytes: Some(24 << 20),
-            ..PoolConfig::default()
+            ..PoolConfig::seed()
         },
         ..MagazineConfig::default()
     }
