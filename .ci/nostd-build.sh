@@ -81,8 +81,11 @@ ensure_toolchain() {
   local pkgs=(rustc-web cargo-web rust-web-src binutils)
   say "installing ${pkgs[*]} (Debian)"
   local apt=("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 -y -q --no-install-recommends)
-  if ! "${apt[@]}" install "${pkgs[@]}" >&2; then
-    say "install failed; running apt-get update and retrying"
+  # A fresh machine's package lists may be stale: bookworm main alone has rustc-web
+  # 1.85; 1.96 comes from bookworm-security. An install that fails, or that leaves a
+  # too-old rustc, is retried after apt-get update.
+  if ! "${apt[@]}" install "${pkgs[@]}" >&2 || ! rustc_ok; then
+    say "install failed or gave $(/usr/bin/rustc -V 2>&1 || echo no rustc); running apt-get update and retrying"
     "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600 -q update >&2
     "${apt[@]}" install "${pkgs[@]}" >&2 || die "apt-get install ${pkgs[*]} failed"
   fi

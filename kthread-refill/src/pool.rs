@@ -177,7 +177,7 @@ impl<L: RawIrqLock> ClassPool<L> {
             calm_since: AtomicU64::new(0),
             demand,
             d_target: AtomicUsize::new(class.target),
-            d_high: AtomicUsize::new(class.target + class.chunk_buffers),
+            d_high: AtomicUsize::new(class.target),
             d_low: AtomicUsize::new((class.target / 2).max(1)),
             window: IrqMutex::new(DemandWindow::default()),
             shortfall: AtomicUsize::new(0),
@@ -201,7 +201,8 @@ impl<L: RawIrqLock> ClassPool<L> {
 
     /// The demand policy at engine time `now`: the class holds what is out plus
     /// `headroom = max(floor, out × headroom_pct / 100)` free buffers (the target),
-    /// returns idle chunks above target + one chunk (hysteresis) and wakes the engine
+    /// returns chunks idle for the chunk idle time while the target stays ready without
+    /// them (hysteresis in time and in count) and wakes the engine
     /// below max(1, target / 2). Fluctuations beyond the headroom are absorbed by the
     /// set's blank shells, which every class shares and the map path reshapes at once
     /// (the peak of the sum instead of the sum of the peaks). The period's rise of
@@ -229,7 +230,9 @@ impl<L: RawIrqLock> ClassPool<L> {
         let floor = self.class.target;
         let headroom = floor.max((out * headroom_pct).div_ceil(100));
         let target = headroom;
-        let high = target + self.class.chunk_buffers;
+        // A chunk is returned only if the target stays ready without it: no regrow right
+        // after a shrink; the idle time is the hysteresis in time.
+        let high = target;
         let low = (target / 2).max(1);
         self.d_target.store(target, Ordering::Relaxed);
         self.d_high.store(high, Ordering::Relaxed);

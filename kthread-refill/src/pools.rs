@@ -492,8 +492,17 @@ impl<P: Platform> PoolSet<P> {
     pub fn pop(&self, class: usize, dip_reserve: bool) -> Option<FreeBuffer> {
         let p = match self.pools[class].pop(dip_reserve) {
             Some(p) => p,
-            // The class's own request found it empty: reshape a blank shell for it.
-            None if dip_reserve => self.adopt(class)?,
+            // The class's own request found it empty: reshape a blank shell for it, or
+            // wake the engine (the request may still be served by a larger class, but
+            // this class needs memory).
+            None if dip_reserve => {
+                if let Some(p) = self.adopt(class) {
+                    p
+                } else {
+                    self.platform.wake_refill();
+                    return None;
+                }
+            }
             None => return None,
         };
         if p.wake {
@@ -930,8 +939,12 @@ impl<P: Platform> PoolSet<P> {
                 self.stock.give(shell.base(), shell.pages().get(), shell.empty_since());
             }
         }
-        // Stock left over from blocks (alignment slack, returned shells) goes back once
-        // it has been idle.
+        // Stock (returned shells, with the alignment slack next to them) goes back once it
+        // has been idle; slack alone (less than a shell) waits for a shell to go with, so
+        // it costs no conversion call of its own.
+        if self.stock.pages() < self.shell_pages {
+            return;
+        }
         let (_, r) = self.stock.shrink(&self.shared, 0, now, self.idle_ns);
         if let Err(e) = r {
             self.platform
@@ -953,7 +966,7 @@ impl<P: Platform> PoolSet<P> {
                     .front()
                     .get()
                     .is_some_and(|c| now.saturating_sub(c.empty_since()) >= self.idle_ns))
-            || self.stock.shrink_pending(0, now, self.idle_ns)
+            || (self.stock.pages() >= self.shell_pages && self.stock.shrink_pending(0, now, self.idle_ns))
     }
 
     /// Pages carved into class chunks now (committed minus blank shells and the stock).

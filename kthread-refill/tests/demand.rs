@@ -1,0 +1,208 @@
+//! The demand policy (the default preset), driven deterministically by the step runner on
+//! a simulated TDX guest: blank shells served on the map path, failure only when no free
+//! shared buffer fits, memory that follows a demand step and returns to the boot floor
+//! after the idle time, no conversion churn under a steady rate.
+
+use bounce_framework::sim::{count_allocations, CountingAlloc, PlatformKind, SimConfig, SimGuest};
+use bounce_framework::PAGE_SIZE;
+use bounce_refill::{FreeBuffer, PoolConfig, PoolSet, StepRunner};
+
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
+
+/// The 4 KiB class of the default table.
+const C4K: usize = 3;
+/// The 256 KiB class.
+const C256K: usize = 9;
+
+fn guest() -> SimGuest {
+    SimGuest::new(SimConfig::new(PlatformKind::Tdx, 256 << 20, 2))
+}
+
+fn set(g: &SimGuest, cap: usize, idle_ms: u64) -> PoolSet<SimGuest> {
+    let cfg = PoolConfig { cap_bytes: Some(cap), idle_ms, ..PoolConfig::default() };
+    let s = PoolSet::new(g.clone(), &cfg).unwrap();
+    s.fill_reserves().unwrap();
+    s
+}
+
+fn shared(s: &PoolSet<SimGuest>) -> usize {
+    s.shared().shared_bytes()
+}
+
+#[test]
+fn an_empty_class_reshapes_a_blank_shell_on_the_map_path_without_allocating_or_converting() {
+    let g = guest();
+    let s = set(&g, 64 << 20, 1000);
+    let blanks = s.blank_shells();
+    assert!(blanks > 0, "the boot floor holds blank shells");
+    // Take every ready 4 KiB buffer: the class is empty now.
+    let mut held: Vec<FreeBuffer> = Vec::new();
+    while s.pool(C4K).ready() > 0 {
+        held.push(s.pop(C4K, true).unwrap());
+    }
+    held.reserve(4096);
+    let calls = s.shared().stats().calls();
+    // The next pops reshape blank shells: no allocation, no conversion.
+    let (got, allocs) = count_allocations(|| {
+        let mut n = 0;
+        for _ in 0..256 {
+            if let Some(b) = s.pop(C4K, true) {
+                held.push(b);
+                n += 1;
+            }
+        }
+        n
+    });
+    assert_eq!(got, 256, "every pop was served");
+    assert_eq!(allocs, 0, "the map path allocated");
+    assert_eq!(s.shared().stats().calls(), calls, "the map path converted");
+    assert!(s.adopted_shells() >= 1);
+    assert!(s.blank_shells() < blanks);
+    assert!(held
+        .iter()
+        .all(|b| b.size() == 4096 && g.range_is(b.addr(), 4096, bounce_framework::sim::PageState::Shared)));
+    for b in held {
+        s.push(b);
+    }
+    s.audit().unwrap();
+    g.assert_no_violations();
+}
+
+#[test]
+fn a_request_fails_only_when_no_free_shared_buffer_of_a_fitting_size_is_left() {
+    let g = guest();
+    // A cap that the boot floor nearly fills: nothing can grow.
+    let s = set(&g, 16 << 20, 1000);
+    let cap_room = s.cap_bytes() - shared(&s);
+    assert!(cap_room < 16 << 20);
+    // 256 KiB requests: the class, then blank shells, then the 512 KiB class.
+    let mut held = Vec::new();
+    loop {
+        let b = s.pop(C256K, true).or_else(|| s.pop_larger(C256K));
+        match b {
+            Some(b) => held.push(b),
+            None => break,
+        }
+    }
+    assert!(held.iter().any(|b| b.size() == 512 << 10), "the larger class served once the class was dry");
+    assert_eq!(s.blank_shells(), 0, "every blank shell was used before failing");
+    assert_eq!(s.pool(C256K + 1).ready(), 0);
+    // Smaller classes still have free buffers, but none fits 256 KiB: the only
+    // failure left, and it is counted as a shortfall of the class (a miss).
+    assert!(s.pool(C4K).ready() > 0);
+    assert!(s.counters(C256K).misses > 0);
+    // A 4 KiB request is still served (from its own class).
+    let small = s.pop(C4K, true).unwrap();
+    s.push(small);
+    for b in held {
+        s.push(b);
+    }
+    s.audit().unwrap();
+}
+
+#[test]
+fn memory_follows_a_demand_step_and_returns_to_the_boot_floor_after_the_idle_time() {
+    let g = guest();
+    let s = set(&g, 128 << 20, 200);
+    let mut run = StepRunner::new(|now| s.run(now));
+    run.run_until_idle(100);
+    let floor = shared(&s);
+    assert!(floor <= 16 << 20, "boot floor {floor}");
+    // A demand step: 2000 buffers of 4 KiB (8 MiB) held.
+    let mut held = Vec::new();
+    for _ in 0..2000 {
+        if let Some(b) = s.pop(C4K, true) {
+            held.push(b);
+        } else {
+            // The engine catches up between bursts of maps.
+            run.advance_ms(1);
+            run.step();
+            held.push(s.pop(C4K, true).expect("served after the engine ran"));
+        }
+    }
+    run.advance_ms(5);
+    run.run_until_idle(100);
+    let peak = shared(&s);
+    assert!(peak >= floor + (8 << 20) - (1 << 20), "memory grew with demand: {floor} -> {peak}");
+    // Targets fell with the demand; nothing shrinks before the idle time...
+    for b in held {
+        s.push(b);
+    }
+    run.advance_ms(50);
+    run.run_until_idle(100);
+    assert!(shared(&s) > floor, "nothing returned before idle_ms");
+    // ... and after it, memory returns to the floor (classes back to one chunk each,
+    // the blank shells to their keep).
+    for _ in 0..10 {
+        run.advance_ms(100);
+        run.run_until_idle(100);
+    }
+    // The boot block's alignment slack (less than a shell) may have gone back too.
+    assert!(
+        shared(&s) <= floor && shared(&s) + (512 << 10) > floor,
+        "back to the boot floor: {} vs {floor}",
+        shared(&s)
+    );
+    s.audit().unwrap();
+    g.assert_no_violations();
+}
+
+#[test]
+fn a_steady_rate_stops_converting_after_warm_up() {
+    let g = guest();
+    let s = set(&g, 128 << 20, 1000);
+    let mut run = StepRunner::new(|now| s.run(now));
+    run.run_until_idle(100);
+    // A ring of 1500 mappings of mixed sizes, 300 replaced every 5 ms, for 6 s.
+    let classes = [1usize, 2, 3, 5, 7, 8];
+    let mut ring: std::collections::VecDeque<FreeBuffer> = std::collections::VecDeque::new();
+    let mut k = 0usize;
+    let mut calls_after_1s = None;
+    let mut calls_after_3s = None;
+    for step in 0..1200 {
+        for _ in 0..300 {
+            if ring.len() >= 1500 {
+                s.push(ring.pop_front().unwrap());
+            }
+            let c = classes[k % classes.len()];
+            k += 1;
+            let b = s.pop(c, true).or_else(|| s.pop_larger(c));
+            let b = match b {
+                Some(b) => b,
+                // Warm-up: the ring fills faster than one engine run per step; the engine
+                // catches up. After it, a miss fails the test.
+                None if step < 200 => {
+                    run.step();
+                    s.pop(c, true).or_else(|| s.pop_larger(c)).expect("served once the engine ran")
+                }
+                None => panic!("step {step}: a steady ring failed a map"),
+            };
+            ring.push_back(b);
+        }
+        run.advance_ms(5);
+        run.step();
+        if step == 200 {
+            calls_after_1s = Some(s.shared().stats().calls());
+        }
+        if step == 600 {
+            calls_after_3s = Some(s.shared().stats().calls());
+        }
+    }
+    // At most the return of what the warm-up overshoot left once its peak leaves the
+    // window (the bound: 2 calls); nothing after that.
+    let after = s.shared().stats().calls() - calls_after_1s.unwrap();
+    assert!(after <= 2, "{after} conversion calls after the first second");
+    assert_eq!(s.shared().stats().calls(), calls_after_3s.unwrap(), "no conversion at all in the last 3 s");
+    let st = s.shared().stats();
+    assert!(
+        st.pages() as usize <= 2 * st.shared_bytes_peak as usize / PAGE_SIZE,
+        "pages converted {} vs peak {}",
+        st.pages(),
+        st.shared_bytes_peak as usize / PAGE_SIZE
+    );
+    for b in ring {
+        s.push(b);
+    }
+    s.audit().unwrap();
+}
