@@ -70,6 +70,45 @@ impl Block {
     }
 }
 
+/// A page run with a start and a length.
+trait Run: Copy {
+    fn start(&self) -> u64;
+    fn end(&self) -> u64;
+}
+
+impl Run for Extent {
+    fn start(&self) -> u64 {
+        self.start
+    }
+    fn end(&self) -> u64 {
+        Extent::end(self)
+    }
+}
+
+impl Run for Block {
+    fn start(&self) -> u64 {
+        self.start
+    }
+    fn end(&self) -> u64 {
+        Block::end(self)
+    }
+}
+
+/// Cuts `[at, at + pages)` out of the run `list[i]` (which holds it), leaving what is
+/// before and after it in place (the list stays sorted); `make(start, pages)` builds a
+/// leftover run.
+fn cut_run<T: Run>(list: &mut Vec<T>, i: usize, at: u64, pages: usize, make: impl Fn(u64, usize) -> T) {
+    let r = list.remove(i);
+    let end = at + (pages * PAGE_SIZE) as u64;
+    let mut j = i;
+    for (s, e) in [(r.start(), at), (end, r.end())] {
+        if e > s {
+            list.insert(j, make(s, ((e - s) as usize) / PAGE_SIZE));
+            j += 1;
+        }
+    }
+}
+
 #[derive(Default)]
 struct StockState {
     /// Free extents by address, never adjacent (coalesced).
@@ -146,18 +185,8 @@ impl<L: RawIrqLock> Stock<L> {
                 let at = e.start.next_multiple_of(align);
                 (at + (pages * PAGE_SIZE) as u64 <= e.end()).then_some((i, at))
             })?;
-            let e = st.free[i];
-            let end = at + (pages * PAGE_SIZE) as u64;
-            let before = Extent { start: e.start, pages: ((at - e.start) as usize) / PAGE_SIZE, since: e.since };
-            let after = Extent { start: end, pages: ((e.end() - end) as usize) / PAGE_SIZE, since: e.since };
-            st.free.remove(i);
-            let mut at_i = i;
-            for part in [before, after] {
-                if part.pages > 0 {
-                    st.free.insert(at_i, part);
-                    at_i += 1;
-                }
-            }
+            let since = st.free[i].since;
+            cut_run(&mut st.free, i, at, pages, |start, pages| Extent { start, pages, since });
             Some(PhysAddr(at))
         })
     }
@@ -251,17 +280,7 @@ impl<L: RawIrqLock> Stock<L> {
                     if let Err(err) = shared.free_shared(PhysAddr(at), PageCount(piece)) {
                         first_err.get_or_insert(err);
                     }
-                    // Cut the piece out of its range: what is left before and after it.
-                    let before = Block { start: b.start, pages: ((at - b.start) as usize) / PAGE_SIZE };
-                    let after = Block { start: piece_end, pages: ((b.end() - piece_end) as usize) / PAGE_SIZE };
-                    st.blocks.remove(bi);
-                    let mut j = bi;
-                    for part in [before, after] {
-                        if part.pages > 0 {
-                            st.blocks.insert(j, part);
-                            j += 1;
-                        }
-                    }
+                    cut_run(&mut st.blocks, bi, at, piece, |start, pages| Block { start, pages });
                     at = piece_end;
                 }
                 total -= n;
