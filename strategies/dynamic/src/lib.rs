@@ -12,7 +12,8 @@
 //! | an `xa_insert` (`GFP_NOWAIT` allocation) on every map | the address index is filled when a chunk is carved; map only flips a per-buffer record |
 //! | one LIFO list per class | per-chunk free stacks, partial chunks in an address-ordered tree: use packs into few chunks, so whole chunks can drain and be returned |
 //! | never shrinks; unbounded | idle chunks above the high watermark return after `idle_ms`; a hard cap (`swiotlb.dynamic.cap=`) |
-//! | failure: "No memory for cc-swiotlb buffer" | an emergency reserve per class; a larger class serves while the engine catches up (never dipping into that class's reserve); then a counted [`MapError::NoBufferReady`] or [`MapError::CapReached`]: never a block, a conversion or an allocation on the map path |
+//! | failure: "No memory for cc-swiotlb buffer" | an empty class reshapes a blank shell (already shared and indexed) on the map path, then a larger class serves while the engine catches up; then a counted [`MapError::NoBufferReady`] or [`MapError::CapReached`]: never a block, a conversion or an allocation on the map path |
+//! | fixed watermarks, ~96 MiB pre-filled | `preset=demand` (default): small class floors, blank shells shared by all classes, memory kept for the recent peak and returned after `idle_ms`; `preset=seed` keeps the seed's policy for A/B |
 //! | partial sync copied from the wrong source offset | [`Strategy::locate`] returns `orig + (addr - start)` for any address inside a mapping |
 //! | size check ignored the offset inside the buffer | the class must hold `offset + size` |
 //! | largest class ignored the alignment offset | the same check for every class; `max_mapping_size` subtracts the worst-case offset |
@@ -30,13 +31,17 @@
 //! ## Boot parameters
 //! | parameter | meaning | default |
 //! |---|---|---|
-//! | `swiotlb.dynamic.classes=<size>:<target>[:<low>[:<high>]],...` | size classes (power-of-two sizes, K/M suffixes, the largest at least 8 KiB so a page maps at any `min_align_mask` offset) with their targets (free buffers kept ready) and optional low (wake) / high (shrink) watermarks | the seed's `512:256,2K:16384,4K:8192,16K:1024,512K:32`; low = target / 2, high = target |
+//! | `swiotlb.dynamic.preset=demand\|seed` | the policy: `demand` (memory follows demand, below) or the cc-swiotlb seed's fixed classes and watermarks (about 96 MiB, one conversion per chunk), for A/B | `demand` |
+//! | `swiotlb.dynamic.classes=<size>:<target>[:<low>[:<high>]],...` | size classes (power-of-two sizes, K/M suffixes, the largest at least 8 KiB so a page maps at any `min_align_mask` offset); under `demand` the target is the class's floor of free buffers | `512:512,1K:256,2K:128,4K:64,8K:32,16K:16,32K:8,64K:4,128K:2,256K:1,512K:1` (`bounce_refill::DEFAULT_CLASSES`) |
 //! | `swiotlb.dynamic.cap=<size>` | cap on committed shared memory | `swiotlb=<slots>` × 2 KiB when given, else min(RAM / 4, 1 GiB) |
-//! | `swiotlb.dynamic.batch=<pages>` | pages per conversion batch | 1024 (`MAX_ORDER_NR_PAGES`) |
-//! | `swiotlb.dynamic.idle_ms=<ms>` | idle time before memory above the high watermark is returned | 1000 |
-//! | `swiotlb.dynamic.reserve=<percent>` | emergency reserve per class, % of its target (0–50); filled at boot | 10 |
+//! | `swiotlb.dynamic.chunk=<size>` | `demand`: the shell size, every class's chunk (a free shell moves between classes on the map path) | 512 KiB |
+//! | `swiotlb.dynamic.stock=<size>` | `demand`: blank shells kept ready for any class (at most a quarter of the cap); 0 selects the seed's layout | 8 MiB |
+//! | `swiotlb.dynamic.headroom=<percent>` | `demand`: free buffers a class keeps on top of what is out, in % of it (besides its floor) | 0 |
+//! | `swiotlb.dynamic.batch=<pages>` | `seed`: pages per conversion batch (chunk) | 1024 (`MAX_ORDER_NR_PAGES`) |
+//! | `swiotlb.dynamic.idle_ms=<ms>` | idle time before memory beyond what the recent peak needs is converted back (class chunks go back to the blank shells after a tenth of it) | 1000 |
+//! | `swiotlb.dynamic.reserve=<percent>` | emergency reserve per class, % of its target (0–50) | `demand`: 0, `seed`: 10 |
 //! | `swiotlb.dynamic.limit=<size>` | pool pages must lie below this address | none |
-//! | `swiotlb.dynamic.fallback=on\|off` | let a request use a larger class when its own is empty | on |
+//! | `swiotlb.dynamic.fallback=on\|off` | let a request use a larger class when its own is empty (above that class's reserve first, then its reserve) | on |
 //!
 //! ## Context
 //! `reserve` takes one pool lock (O(log chunks), no allocation); `release` takes the
