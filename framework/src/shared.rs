@@ -108,6 +108,12 @@ impl<P: Platform> SharedMemory<P> {
         self.shared_bytes().saturating_add(bytes) <= self.cap_bytes
     }
 
+    /// Bytes the cap still allows (a hint: concurrent growers may take them first;
+    /// [`SharedMemory::alloc_shared`] enforces the cap).
+    pub fn room_bytes(&self) -> usize {
+        self.cap_bytes.saturating_sub(self.shared_bytes())
+    }
+
     /// Allocates `pages` contiguous private pages below `req.limit` and converts them
     /// to shared in batches of at most `max_conversion_pages()` pages (one call per
     /// batch; a single call when the block fits).

@@ -42,7 +42,7 @@ pub use class::{
     MAX_BUFFER_ALIGN, MIN_LARGEST_CLASS, SEED_CLASSES,
 };
 pub use index::ChunkIndex;
-pub use pool::{ClassPool, DemandTargets, PoolAudit, PoolCounters};
+pub use pool::{ClassPool, PoolAudit, PoolCounters};
 pub use pools::{
     default_cap, EngineCounters, PoolConfig, PoolSet, Preset, SetAudit, DEFAULT_BATCH_PAGES, DEFAULT_CHUNK_BYTES,
     DEFAULT_HEADROOM_PERCENT, DEFAULT_IDLE_MS, DEFAULT_RESERVE_PERCENT, DEFAULT_STOCK_BYTES,

@@ -66,44 +66,6 @@ pub(crate) struct PoolState {
     /// Set while the free count is at or above the wake threshold; cleared by the map
     /// that crosses below it (which wakes the engine).
     wake_armed: bool,
-    /// The most buffers out of the pool (in flight or cached in front of it) since the
-    /// engine last read it ([`ClassPool::take_period`]).
-    peak_out: usize,
-}
-
-/// The engine's demand window of one class (engine context only).
-#[derive(Clone, Copy, Debug, Default)]
-struct DemandWindow {
-    /// Start of the current bucket (engine clock).
-    bucket_start: u64,
-    /// Peak buffers out in the current and the previous bucket.
-    peak: [usize; 2],
-    /// Largest rise of buffers out within one engine period, current and previous bucket.
-    ramp: [usize; 2],
-    /// Buffers out at the previous engine run.
-    last_out: usize,
-}
-
-/// What the demand policy decided for one class at one engine run.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DemandTargets {
-    /// Buffers out of the pool now.
-    pub out: usize,
-    /// The most buffers out over the recent window (one to two buckets; reported, the
-    /// set's stock follows the peak of all classes together).
-    pub peak: usize,
-    /// The largest rise of buffers out between two engine runs in the window: what the
-    /// map path consumed before the engine could react (allocation rate × refill
-    /// latency, measured).
-    pub ramp: usize,
-    /// Free buffers kept ready: `max(floor, out × headroom %)`.
-    pub headroom: usize,
-    /// Free buffers the engine grows the class to.
-    pub target: usize,
-    /// Free buffers above which idle chunks are returned.
-    pub high: usize,
-    /// A map leaving fewer free buffers wakes the engine.
-    pub low: usize,
 }
 
 /// The result of a pop.
@@ -141,9 +103,6 @@ pub struct ClassPool<L: RawIrqLock> {
     d_target: AtomicUsize,
     d_high: AtomicUsize,
     d_low: AtomicUsize,
-    window: IrqMutex<L, DemandWindow>,
-    /// This class's own requests that found it empty since the engine's last run.
-    shortfall: AtomicUsize,
 }
 
 /// The largest demand boost: watermarks grow at most 8-fold.
@@ -162,7 +121,6 @@ impl<L: RawIrqLock> ClassPool<L> {
                 chunks: 0,
                 empty_chunks: 0,
                 wake_armed: true,
-                peak_out: 0,
             }),
             ready: AtomicUsize::new(0),
             pops: AtomicU64::new(0),
@@ -179,65 +137,25 @@ impl<L: RawIrqLock> ClassPool<L> {
             d_target: AtomicUsize::new(class.target),
             d_high: AtomicUsize::new(class.target),
             d_low: AtomicUsize::new((class.target / 2).max(1)),
-            window: IrqMutex::new(DemandWindow::default()),
-            shortfall: AtomicUsize::new(0),
         }
     }
 
-    /// Whether the class runs the demand policy.
-    pub fn is_demand(&self) -> bool {
-        self.demand
-    }
-
-    /// Reads and restarts the period peak: `(peak buffers out since the last call,
-    /// buffers out now)`.
-    pub(crate) fn take_period(&self) -> (usize, usize) {
-        let mut st = self.state.lock();
-        let out = st.capacity - st.ready;
-        let peak = st.peak_out.max(out);
-        st.peak_out = out;
-        (peak, out)
-    }
-
-    /// The demand policy at engine time `now`: the class holds what is out plus
-    /// `headroom = max(floor, out × headroom_pct / 100)` free buffers (the target),
-    /// returns chunks idle for the chunk idle time while the target stays ready without
-    /// them (hysteresis in time and in count) and wakes the engine
-    /// below max(1, target / 2). Fluctuations beyond the headroom are absorbed by the
-    /// set's blank shells, which every class shares and the map path reshapes at once
-    /// (the peak of the sum instead of the sum of the peaks). The period's rise of
-    /// buffers out and this class's shortfalls are kept in a window of two buckets of
-    /// `bucket_ns` each and reported as the ramp.
-    pub(crate) fn update_demand(&self, now: u64, bucket_ns: u64, headroom_pct: usize) -> DemandTargets {
-        let (period_peak, out) = self.take_period();
-        let short = self.shortfall.swap(0, Ordering::Relaxed);
-        let (peak, ramp) = {
-            let mut w = self.window.lock();
-            // Unmet requests count, up to one chunk per period: a class that stays empty
-            // for a while must not read the same shortage as an ever larger ramp.
-            let rise = period_peak.saturating_sub(w.last_out) + short.min(self.class.chunk_buffers);
-            w.last_out = out;
-            if now.saturating_sub(w.bucket_start) >= bucket_ns {
-                w.peak = [period_peak, w.peak[0]];
-                w.ramp = [rise, w.ramp[0]];
-                w.bucket_start = now;
-            } else {
-                w.peak[0] = w.peak[0].max(period_peak);
-                w.ramp[0] = w.ramp[0].max(rise);
-            }
-            (w.peak[0].max(w.peak[1]), w.ramp[0].max(w.ramp[1]))
+    /// The demand policy: the class holds what is out plus
+    /// `max(floor, out × headroom_pct / 100)` free buffers (the target), returns chunks
+    /// idle for the chunk idle time while the target stays ready without them
+    /// (hysteresis in time and in count: no regrow right after a shrink) and wakes the
+    /// engine below max(1, target / 2). Fluctuations beyond the target are absorbed by
+    /// the set's blank shells, which every class shares and the map path reshapes at
+    /// once (the peak of the sum instead of the sum of the peaks).
+    pub(crate) fn update_demand(&self, headroom_pct: usize) {
+        let out = {
+            let st = self.state.lock();
+            st.capacity - st.ready
         };
-        let floor = self.class.target;
-        let headroom = floor.max((out * headroom_pct).div_ceil(100));
-        let target = headroom;
-        // A chunk is returned only if the target stays ready without it: no regrow right
-        // after a shrink; the idle time is the hysteresis in time.
-        let high = target;
-        let low = (target / 2).max(1);
+        let target = self.class.target.max((out * headroom_pct).div_ceil(100));
         self.d_target.store(target, Ordering::Relaxed);
-        self.d_high.store(high, Ordering::Relaxed);
-        self.d_low.store(low, Ordering::Relaxed);
-        DemandTargets { out, peak, ramp, headroom, target, high, low }
+        self.d_high.store(target, Ordering::Relaxed);
+        self.d_low.store((target / 2).max(1), Ordering::Relaxed);
     }
 
     /// The class.
@@ -305,8 +223,8 @@ impl<L: RawIrqLock> ClassPool<L> {
         self.pop_for(dip_reserve, dip_reserve)
     }
 
-    /// [`ClassPool::pop`]; `own`: the request is this class's own (a miss counts as a
-    /// shortfall for the demand policy), not a larger-class fallback.
+    /// [`ClassPool::pop`]; `own`: the request is this class's own (a miss is pressure
+    /// for the seed's demand boost), not a larger-class fallback.
     pub(crate) fn pop_for(&self, dip_reserve: bool, own: bool) -> Option<Popped> {
         let mut st = self.state.lock();
         let floor = if dip_reserve { 0 } else { self.class.reserve };
@@ -315,7 +233,6 @@ impl<L: RawIrqLock> ClassPool<L> {
             self.misses.fetch_add(1, Ordering::Relaxed);
             if own {
                 self.pressure.store(true, Ordering::Relaxed);
-                self.shortfall.fetch_add(1, Ordering::Relaxed);
             }
             return None;
         }
@@ -347,10 +264,6 @@ impl<L: RawIrqLock> ClassPool<L> {
         };
         let dipped = st.ready <= self.class.reserve;
         st.ready -= 1;
-        let out = st.capacity - st.ready;
-        if out > st.peak_out {
-            st.peak_out = out;
-        }
         let wake = st.wake_armed && st.ready < self.wake_below();
         if wake {
             st.wake_armed = false;

@@ -1,26 +1,46 @@
 //! [`PoolSet`]: the size-classed pools, their address index and the kccd engine that
 //! grows and shrinks them.
 //!
+//! # Two layouts
+//! - **Shells** (the `demand` preset, any configuration with a stock): every class
+//!   that fits one grows and shrinks in shells of `chunk_bytes` (512 KiB). A shell
+//!   whose buffers are all free goes back to a list of *blank shells* (still shared and
+//!   indexed, with their records), and a class that runs empty reshapes one **on the
+//!   map path** ([`PoolSet::pop`]): no allocation, no conversion. The blank shells are
+//!   one reserve for every class's fluctuations. Shells are built by the engine from
+//!   the [`Stock`] (converted, uncarved pages), which converts blocks with one call
+//!   each and returns pages only within the block they came from.
+//! - **Batches** (the `seed` preset, no stock): a chunk is one conversion batch of its
+//!   class, converted back when it is returned.
+//!
 //! # The engine (kccd)
 //! [`PoolSet::run`] is the loop body of the refill thread (the kernel's kthread, the
 //! [`ThreadRunner`](crate::ThreadRunner), or a test's [`StepRunner`](crate::StepRunner),
 //! all through `Strategy::run_background`):
 //!
-//! 1. **Shrink.** Chunks whose buffers are all free are stamped the first time a run
-//!    sees them so; one that stays free for `idle_ms` is returned when its class keeps at
-//!    least its high watermark of free buffers without it: detached from the pool (O(1)),
-//!    removed from the index, converted back to private and freed
-//!    ([`SharedMemory::free_shared`]). A failed conversion quarantines those pages.
-//! 2. **Grow.** While a class has fewer free buffers than its target, the neediest class
-//!    (lowest free/target) gets one batch: `chunk_pages` pages allocated and converted
+//! 1. **Targets.** Under the demand policy each class's target is its floor (or a
+//!    headroom in percent of what is out); with fixed watermarks the seed's demand boost
+//!    (below) moves them.
+//! 2. **Shrink.** Chunks whose buffers are all free are stamped the first time a run
+//!    sees them so; one that stays free for the chunk idle time (`idle_ms`, a tenth of
+//!    it with shells) is returned when its class keeps at least its high watermark of
+//!    free buffers without it: detached from the pool (O(1)), then blanked (a shell) or
+//!    removed from the index and converted back ([`SharedMemory::free_shared`]; a failed
+//!    conversion quarantines those pages).
+//! 3. **Grow.** While a class has fewer free buffers than its target, the neediest class
+//!    (lowest free/target) gets one chunk: a blank shell reshaped, or a batch converted
 //!    with **one** `set_decrypted` call ([`SharedMemory::alloc_shared`], which enforces
 //!    the cap and quarantines on failure), carved into buffers and indexed outside every
-//!    lock, then published under the pool lock in O(1). At most `max_batches_per_run`
-//!    batches per run, so a runner can stop between runs. A class that failed is retried
-//!    after `retry_ms`. When the cap blocks a class below its low watermark, an idle
-//!    chunk of a class above its target is returned first to make room.
+//!    lock, then published under the pool lock in O(1). A run converts at most
+//!    `max_batches_per_run` batches. A class that failed is retried after `retry_ms`.
+//!    When the cap blocks a class below its low watermark, an idle chunk of a class
+//!    above its target is returned first to make room.
+//! 4. **Blank shells.** Built up to their keep when half are gone (one conversion for
+//!    all), and converted back once idle for `idle_ms` beyond the keep plus what the
+//!    recent peak of carved pages needed (the peak is remembered for the idle time), so
+//!    a steady workload converts nothing.
 //!
-//! **Demand boost** (`adaptive`, on by default). Watermark refill is probabilistic: a
+//! **Demand boost** (`adaptive`, the seed preset). Watermark refill is probabilistic: a
 //! burst faster than the engine's latency empties a class however the watermarks are
 //! set. So a class whose own requests found it empty or dipped into its reserve has its
 //! target and high watermark doubled at the next run (up to 8-fold), and halved again
@@ -28,8 +48,9 @@
 //! size, and the extra memory is returned once the bursts stop.
 //!
 //! The map path never converts, never allocates and never blocks: it pops a ready
-//! buffer or fails, and wakes the engine (without blocking, once per crossing) when a
-//! pop leaves a class below its low watermark.
+//! buffer (or reshapes a blank shell) or fails, and wakes the engine (without blocking)
+//! when a pop leaves a class below its low watermark or a class's own request finds it
+//! empty.
 
 use alloc::boxed::Box;
 use alloc::format;
@@ -49,7 +70,7 @@ use crate::adapters::EmptyAdapter;
 use crate::chunk::{Chunk, FreeBuffer, BLANK};
 use crate::class::{ChunkShape, ClassSpec, ClassTable, SizeClass, DEFAULT_CLASSES, MAX_BUFFER_ALIGN, SEED_CLASSES};
 use crate::index::ChunkIndex;
-use crate::pool::{ClassPool, DemandTargets, PoolAudit, PoolCounters};
+use crate::pool::{ClassPool, PoolAudit, PoolCounters};
 use crate::stock::Stock;
 
 /// Linux's `MAX_ORDER_NR_PAGES` on x86-64 (order 10): the seed's batch.
@@ -66,9 +87,10 @@ pub const DEFAULT_RETRY_MS: u64 = 10;
 pub const DEFAULT_MAX_BATCHES_PER_RUN: usize = 8;
 /// The cap's upper default: Linux's largest default swiotlb in a CoCo guest.
 pub const DEFAULT_CAP_MAX: usize = 1 << 30;
-/// Default headroom of the demand policy, in percent of a class's recent peak.
+/// Default headroom of the demand policy, in percent of a class's buffers out.
 pub const DEFAULT_HEADROOM_PERCENT: usize = 0;
-/// Default bytes per carved chunk (the demand policy's growth and shrink step).
+/// Default shell size: every class's chunk under the demand policy (its growth and
+/// shrink step).
 pub const DEFAULT_CHUNK_BYTES: usize = 512 << 10;
 /// Default blank shells the engine keeps ready, in bytes (16 shells of 512 KiB).
 pub const DEFAULT_STOCK_BYTES: usize = 8 << 20;
@@ -77,7 +99,7 @@ pub const DEFAULT_STOCK_BYTES: usize = 8 << 20;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Preset {
     /// The measured default: [`DEFAULT_CLASSES`] with their floors, demand-driven
-    /// watermarks, 64 KiB chunks carved from a 4 MiB stock of converted pages.
+    /// watermarks, 512 KiB shells, 8 MiB of blank shells shared by every class.
     Demand,
     /// The cc-swiotlb seed (SPEC §5): [`SEED_CLASSES`] with fixed watermarks (about
     /// 96 MiB), one conversion batch per chunk, a 10 % reserve, the demand boost.
@@ -98,10 +120,9 @@ impl Preset {
 }
 
 /// Configuration of a [`PoolSet`]. `Default` is the documented default ([`Preset::Demand`]):
-/// [`DEFAULT_CLASSES`] with their floors, demand-driven watermarks with a 12 % headroom,
-/// 64 KiB chunks carved from a 4 MiB stock converted in 1024-page batches, a cap of a
-/// quarter of RAM (at most 1 GiB), 1 s idle time, no reserve. [`PoolConfig::seed`] is the
-/// seed's policy.
+/// [`DEFAULT_CLASSES`] with their floors, demand-driven watermarks, 512 KiB shells,
+/// 8 MiB of blank shells, a cap of a quarter of RAM (at most 1 GiB), 1 s idle time, no
+/// reserve. [`PoolConfig::seed`] is the seed's policy.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PoolConfig {
     /// The classes, by strictly increasing size.
@@ -126,16 +147,18 @@ pub struct PoolConfig {
     /// or dip into its reserve, and lower them again after `idle_ms` without that
     /// (fixed watermarks only; the demand policy supersedes it).
     pub adaptive: bool,
-    /// Demand-driven watermarks: each class's target is its recent peak of buffers out
-    /// plus a headroom, never below its floor (the class's configured target).
+    /// Demand-driven watermarks: each class keeps its floor (the configured target), or
+    /// `headroom_percent` of its buffers out if more, free; the blank shells absorb
+    /// the rest.
     pub demand: bool,
-    /// The demand policy's proportional headroom, in percent of the recent peak.
+    /// The demand policy's proportional headroom, in percent of a class's buffers out.
     pub headroom_percent: usize,
-    /// Bytes per carved chunk (with a stock); ignored without one.
+    /// The shell size (with a stock): the chunk of every class that fits one; ignored
+    /// without a stock.
     pub chunk_bytes: usize,
-    /// Converted pages kept in the stock between class chunks and private memory, in
-    /// bytes. 0: no stock, the seed's layout (a chunk is one conversion batch and is
-    /// converted back when returned).
+    /// Bytes of blank shells kept ready for any class (at most a quarter of the cap).
+    /// 0: no stock and no shells, the seed's layout (a chunk is one conversion batch
+    /// and is converted back when returned).
     pub stock_bytes: usize,
 }
 
@@ -376,13 +399,12 @@ impl<P: Platform> PoolSet<P> {
         let stock_keep = if config.stock_bytes == 0 { 0 } else { (config.stock_bytes.min(cap / 4) / PAGE_SIZE).max(1) };
         // Shells: one chunk size for every class that fits one, so a free chunk can move
         // between classes (on the map path) without allocating or converting.
-        let (shell_pages, shell_capacity) = match (stock_keep, config.demand) {
-            (0, _) | (_, false) => (0, 0),
-            _ => {
-                let u = config.chunk_bytes.next_multiple_of(PAGE_SIZE);
-                let smallest = table.classes().iter().map(|c| c.size).min().unwrap_or(u);
-                (u / PAGE_SIZE, (u / smallest).max(1))
-            }
+        let (shell_pages, shell_capacity) = if stock_keep == 0 {
+            (0, 0)
+        } else {
+            let u = config.chunk_bytes.next_multiple_of(PAGE_SIZE);
+            let smallest = table.classes().iter().map(|c| c.size).min().unwrap_or(u);
+            (u / PAGE_SIZE, (u / smallest).max(1))
         };
         let retry_at = table.classes().iter().map(|_| AtomicU64::new(0)).collect();
         Ok(Self {
@@ -663,10 +685,17 @@ impl<P: Platform> PoolSet<P> {
     /// # Context
     /// Process context; may sleep.
     pub fn grow(&self, class: usize) -> Result<usize, GrowError> {
+        self.as_engine(|| self.grow_locked(class, self.platform.now_ns()))
+    }
+
+    /// Runs `f` with the engine flag held, waiting while a run is in progress: engine
+    /// work outside [`PoolSet::run`] (the boot fill, a test's `grow`) is serialized with
+    /// it, as the stock requires.
+    fn as_engine<R>(&self, f: impl FnOnce() -> R) -> R {
         while self.running.swap(true, Ordering::Acquire) {
             core::hint::spin_loop();
         }
-        let r = self.grow_locked(class, self.platform.now_ns());
+        let r = f();
         self.running.store(false, Ordering::Release);
         r
     }
@@ -693,7 +722,8 @@ impl<P: Platform> PoolSet<P> {
             let req = PageRequest { pages, context: AllocContext::MaySleep, limit: self.limit };
             self.shared.alloc_shared(req)
         } else {
-            self.carve_from_stock(c, now)
+            // A class larger than a shell: its own chunk, carved from the stock.
+            self.take_stock(c.chunk_pages, c.align_pages(), self.stock_keep.saturating_sub(self.stock.pages()), now)
         }
         .inspect_err(|_| {
             self.grow_failures.fetch_add(1, Ordering::Relaxed);
@@ -717,22 +747,13 @@ impl<P: Platform> PoolSet<P> {
         Ok(c.chunk_buffers)
     }
 
-    /// Builds a blank shell from the stock (converting a block into it first when no
-    /// extent holds one), indexes it and returns it (not yet on the blank list).
+    /// Builds a blank shell from the stock (see [`PoolSet::take_stock`]; with `batch`
+    /// the block converted holds the missing blank shells too), indexes it and returns
+    /// it (not yet on the blank list).
     fn make_shell(&self, now: u64, batch: bool) -> Result<Arc<Chunk>, GrowError> {
         let align = MAX_BUFFER_ALIGN / PAGE_SIZE;
-        let base = if let Some(a) = self.stock.take(self.shell_pages, align) {
-            a
-        } else {
-            let shells = if batch { self.blank_keep.saturating_sub(self.blank_shells()).max(1) } else { 1 };
-            let want = shells * self.shell_pages + align - 1;
-            let room = self.shared.cap_bytes().saturating_sub(self.shared.shared_bytes()) / PAGE_SIZE;
-            let pages = want.min(room).max(self.shell_pages + align - 1);
-            self.stock.refill(&self.shared, pages, self.limit, now)?;
-            self.stock
-                .take(self.shell_pages, align)
-                .ok_or(GrowError::Platform(PlatformError::AllocFailed { pages: self.shell_pages }))?
-        };
+        let shells = if batch { self.blank_keep.saturating_sub(self.blank_shells()).max(1) } else { 1 };
+        let base = self.take_stock(self.shell_pages, align, shells * self.shell_pages, now)?;
         let shell = Arc::new(Chunk::shell(base, self.shell_pages, self.shell_capacity));
         if self.index.insert(&shell).is_err() {
             self.stock.give(base, self.shell_pages, now);
@@ -741,19 +762,17 @@ impl<P: Platform> PoolSet<P> {
         Ok(shell)
     }
 
-    /// Takes `c`'s chunk from the stock, converting a block into it first when no free
-    /// extent holds the chunk at its alignment: the block tops the stock up to its keep
-    /// and holds at least the chunk.
-    fn carve_from_stock(&self, c: &SizeClass, now: u64) -> Result<PhysAddr, GrowError> {
-        if let Some(a) = self.stock.take(c.chunk_pages, c.align_pages()) {
+    /// Takes `pages` pages aligned to `align` pages from the stock. When no free extent
+    /// holds them, first converts a block into the stock: `want` pages (bounded by the
+    /// cap's room), never less than the request with its alignment slack.
+    fn take_stock(&self, pages: usize, align: usize, want: usize, now: u64) -> Result<PhysAddr, GrowError> {
+        if let Some(a) = self.stock.take(pages, align) {
             return Ok(a);
         }
-        let need = c.chunk_pages + c.align_pages() - 1;
-        let pages = need.max(self.stock_keep.saturating_sub(self.stock.pages()));
-        self.stock.refill(&self.shared, pages, self.limit, now)?;
-        self.stock
-            .take(c.chunk_pages, c.align_pages())
-            .ok_or(GrowError::Platform(PlatformError::AllocFailed { pages: c.chunk_pages }))
+        let need = pages + align - 1;
+        let block = (want + align - 1).min(self.shared.room_bytes() / PAGE_SIZE).max(need);
+        self.stock.refill(&self.shared, block, self.limit, now)?;
+        self.stock.take(pages, align).ok_or(GrowError::Platform(PlatformError::AllocFailed { pages }))
     }
 
     /// Grows `class` until it has at least `ready` free buffers (boot fill).
@@ -791,40 +810,42 @@ impl<P: Platform> PoolSet<P> {
                 let chunks = self.boot_fill(i).saturating_sub(self.pools[i].ready()).div_ceil(c.chunk_buffers);
                 pages += chunks * (c.chunk_pages + c.align_pages() - 1);
             }
-            let pages = pages.min(self.shared.cap_bytes().saturating_sub(self.shared.shared_bytes()) / PAGE_SIZE);
+            let pages = pages.min(self.shared.room_bytes() / PAGE_SIZE);
             if pages > self.stock.pages() {
-                while self.running.swap(true, Ordering::Acquire) {
-                    core::hint::spin_loop();
-                }
-                let r = self.stock.refill(&self.shared, pages - self.stock.pages(), self.limit, self.platform.now_ns());
-                self.running.store(false, Ordering::Release);
-                r?;
+                self.as_engine(|| {
+                    self.stock.refill(&self.shared, pages - self.stock.pages(), self.limit, self.platform.now_ns())
+                })?;
             }
         }
         (0..self.table.len()).try_for_each(|i| self.fill(i, self.boot_fill(i)))?;
         // Blank shells are room for fluctuations, not a requirement: the cap may leave
         // none (the engine retries later).
-        while self.blank_shells() < self.blank_keep {
-            match self.make_shell(self.platform.now_ns(), true) {
-                Ok(s) => self.put_blank(s, self.platform.now_ns()),
-                Err(GrowError::Cap { .. }) => break,
-                Err(e) => return Err(e),
+        self.as_engine(|| {
+            while self.blank_shells() < self.blank_keep {
+                match self.make_shell(self.platform.now_ns(), true) {
+                    Ok(s) => self.put_blank(s, self.platform.now_ns()),
+                    Err(GrowError::Cap { .. }) => break,
+                    Err(e) => return Err(e),
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
-    /// Returns a detached chunk: out of the index, converted back, freed (or
+    /// Returns a detached chunk: a shell goes back to the blank shells; otherwise out
+    /// of the index, to the stock when there is one, else converted back and freed (or
     /// quarantined when the conversion fails).
     fn retire(&self, chunk: &Arc<Chunk>) {
         self.shrink_batches.fetch_add(1, Ordering::Relaxed);
+        // When the chunk became idle (the engine's stamp), for the idle time that
+        // follows it as a blank shell or in the stock.
+        let since = match chunk.empty_since() {
+            0 => self.platform.now_ns(),
+            t => t,
+        };
         if chunk.is_shell() {
             // Blank again, still indexed and shared: the next class that needs a chunk
             // (on the map path or in the engine) reshapes it.
-            let since = match chunk.empty_since() {
-                0 => self.platform.now_ns(),
-                t => t,
-            };
             chunk.blank();
             self.put_blank(Arc::clone(chunk), since);
             return;
@@ -832,60 +853,14 @@ impl<P: Platform> PoolSet<P> {
         self.index.remove(chunk);
         if self.stock_keep > 0 {
             // Back to the stock, free since the chunk became idle: no conversion now.
-            let since = match chunk.empty_since() {
-                0 => self.platform.now_ns(),
-                t => t,
-            };
             self.stock.give(chunk.base(), chunk.pages().get(), since);
             return;
         }
-        match self.shared.free_shared(chunk.base(), chunk.pages()) {
-            Ok(()) => {}
-            Err(e) => self.platform.log(
+        if let Err(e) = self.shared.free_shared(chunk.base(), chunk.pages()) {
+            self.platform.log(
                 bounce_framework::LogLevel::Error,
                 format_args!("bounce-refill: returning {} pages at {}: {e}", chunk.pages().get(), chunk.base()),
-            ),
-        }
-    }
-
-    /// The stock's part of a run: top it up to its keep when it fell below half of it
-    /// (one conversion, within the cap), or return stock idle beyond the keep.
-    fn tend_stock(&self, now: u64) {
-        if self.stock_keep == 0 {
-            return;
-        }
-        if self.shell_pages != 0 {
-            self.tend_blanks(now);
-            return;
-        }
-        let have = self.stock.pages();
-        if have < self.stock_keep / 2 {
-            let room = self.shared.cap_bytes().saturating_sub(self.shared.shared_bytes()) / PAGE_SIZE;
-            let pages = (self.stock_keep - have).min(room);
-            if pages > 0 && self.retry_stock.load(Ordering::Relaxed) <= now {
-                match self.stock.refill(&self.shared, pages, self.limit, now) {
-                    Ok(()) => {}
-                    Err(e) => {
-                        self.grow_failures.fetch_add(1, Ordering::Relaxed);
-                        self.retry_stock.store(now.saturating_add(self.retry_ns).max(1), Ordering::Relaxed);
-                        self.platform.log(
-                            bounce_framework::LogLevel::Warn,
-                            format_args!("bounce-refill: topping up the stock by {pages} pages: {e}"),
-                        );
-                    }
-                }
-            }
-        } else {
-            // Keep the stock's own keep on top of the recent peak of carved pages: the
-            // stock absorbs every class's fluctuation, and is converted back only once
-            // the peak that needed it has left the window.
-            let carved = self.carved_pages();
-            let keep = self.stock_keep + self.carved_window_peak(now).saturating_sub(carved);
-            let (_, r) = self.stock.shrink(&self.shared, keep, now, self.idle_ns);
-            if let Err(e) = r {
-                self.platform
-                    .log(bounce_framework::LogLevel::Error, format_args!("bounce-refill: returning idle stock: {e}"));
-            }
+            );
         }
     }
 
@@ -1002,30 +977,15 @@ impl<P: Platform> PoolSet<P> {
         }
     }
 
-    /// Runs the demand policy of every class (see [`ClassPool`]): the window of two
-    /// buckets of half the chunk idle time each, so a ramp is remembered for between
-    /// half and the whole chunk idle time (the stock remembers the set's peak for the
-    /// whole idle time). Nothing under fixed watermarks.
-    fn update_demand(&self, now: u64) {
+    /// Runs the demand policy of every class (its targets follow what is out; the
+    /// set's blank shells remember the recent peak for the idle time). Nothing under
+    /// fixed watermarks.
+    fn update_demand(&self) {
         if !self.demand {
             return;
         }
-        let bucket = (self.chunk_idle_ns / 2).max(1);
         for p in &*self.pools {
-            p.update_demand(now, bucket, self.headroom_pct);
-        }
-    }
-
-    /// The demand policy's current decision for class `i` (diagnostics; reads the
-    /// window without changing it).
-    pub fn demand_targets(&self, i: usize) -> DemandTargets {
-        let p = &self.pools[i];
-        DemandTargets {
-            out: p.counters().capacity - p.ready(),
-            target: p.effective_target(),
-            high: p.effective_high(),
-            low: p.wake_below(),
-            ..DemandTargets::default()
+            p.update_demand(self.headroom_pct);
         }
     }
 
@@ -1074,7 +1034,7 @@ impl<P: Platform> PoolSet<P> {
         let t0 = self.platform.now_ns();
         let c0 = self.shared.stats();
         self.runs.fetch_add(1, Ordering::Relaxed);
-        self.update_demand(now);
+        self.update_demand();
         // Demand boosts, then shrink: idle chunks above the high watermark.
         for pool in &*self.pools {
             if self.adaptive {
@@ -1126,7 +1086,9 @@ impl<P: Platform> PoolSet<P> {
             }
         }
         self.note_carved(now);
-        self.tend_stock(now);
+        if self.shell_pages != 0 {
+            self.tend_blanks(now);
+        }
         let c1 = self.shared.stats();
         report.pages_quarantined = c1.quarantined_pages - c0.quarantined_pages;
         report.pages_grown = c1.pages_decrypted - c0.pages_decrypted;
@@ -1145,16 +1107,6 @@ impl<P: Platform> PoolSet<P> {
         (0..self.table.len()).any(|i| self.wants_growth(i, now))
             || self.pools.iter().any(|p| p.has_idle(now, self.chunk_idle_ns, p.effective_high()))
             || self.blanks_pending(now)
-            || (self.stock_keep > 0
-                && self.shell_pages == 0
-                && ((self.stock.pages() < self.stock_keep / 2
-                    && self.retry_stock.load(Ordering::Relaxed) <= now
-                    && self.shared.fits_cap(PAGE_SIZE))
-                    || self.stock.shrink_pending(
-                        self.stock_keep + self.carved_window_peak(now).saturating_sub(self.carved_pages()),
-                        now,
-                        self.idle_ns,
-                    )))
     }
 
     // ---------------------------------------------------------------- observability
