@@ -35,10 +35,11 @@
 //!    `max_batches_per_run` batches. A class that failed is retried after `retry_ms`.
 //!    When the cap blocks a class below its low watermark, an idle chunk of a class
 //!    above its target is returned first to make room.
-//! 4. **Blank shells.** Built up to their keep when half are gone (one conversion for
-//!    all), and converted back once idle for `idle_ms` beyond the keep plus what the
-//!    recent peak of carved pages needed (the peak is remembered for the idle time), so
-//!    a steady workload converts nothing.
+//! 4. **Blank shells.** Their target is what the floor (`stock_bytes`) leaves after the
+//!    classes' chunks, at least a quarter of the floor. Built up to it when half are
+//!    gone (one conversion for all), and converted back once idle for `idle_ms` beyond
+//!    it and beyond what the recent peak of carved pages needed (the peak is remembered
+//!    for the idle time), so a steady workload converts nothing.
 //!
 //! **Demand boost** (`adaptive`, the seed preset). Watermark refill is probabilistic: a
 //! burst faster than the engine's latency empties a class however the watermarks are
@@ -92,14 +93,15 @@ pub const DEFAULT_HEADROOM_PERCENT: usize = 0;
 /// Default shell size: every class's chunk under the demand policy (its growth and
 /// shrink step).
 pub const DEFAULT_CHUNK_BYTES: usize = 512 << 10;
-/// Default blank shells the engine keeps ready, in bytes (16 shells of 512 KiB).
-pub const DEFAULT_STOCK_BYTES: usize = 8 << 20;
+/// Default shared-memory floor of the demand policy (32 shells of 512 KiB): the room the
+/// issue's memory bound leaves for a boot floor that absorbs the first burst.
+pub const DEFAULT_STOCK_BYTES: usize = 16 << 20;
 
 /// A named set of pool defaults (`swiotlb.<strategy>.preset=`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Preset {
     /// The measured default: [`DEFAULT_CLASSES`] with their floors, demand-driven
-    /// watermarks, 512 KiB shells, 8 MiB of blank shells shared by every class.
+    /// watermarks, 512 KiB shells, a 16 MiB floor of shells any class can take.
     Demand,
     /// The cc-swiotlb seed (SPEC §5): [`SEED_CLASSES`] with fixed watermarks (about
     /// 96 MiB), one conversion batch per chunk, a 10 % reserve, the demand boost.
@@ -121,7 +123,7 @@ impl Preset {
 
 /// Configuration of a [`PoolSet`]. `Default` is the documented default ([`Preset::Demand`]):
 /// [`DEFAULT_CLASSES`] with their floors, demand-driven watermarks, 512 KiB shells,
-/// 8 MiB of blank shells, a cap of a quarter of RAM (at most 1 GiB), 1 s idle time, no
+/// a 16 MiB shared-memory floor, a cap of a quarter of RAM (at most 1 GiB), 1 s idle time, no
 /// reserve. [`PoolConfig::seed`] is the seed's policy.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PoolConfig {
@@ -129,7 +131,7 @@ pub struct PoolConfig {
     pub classes: Vec<ClassSpec>,
     /// Without a stock (the seed's layout): pages per conversion batch (chunk), slack
     /// included; a class whose buffer is larger gets one buffer per chunk. With a stock
-    /// the stock's top-ups are the conversion batches (`stock_bytes`).
+    /// the engine converts a block for every blank shell it is missing at once.
     pub batch_pages: usize,
     /// Cap on committed shared memory; `None`: `min(RAM / 4, 1 GiB)`.
     pub cap_bytes: Option<usize>,
@@ -156,9 +158,12 @@ pub struct PoolConfig {
     /// The shell size (with a stock): the chunk of every class that fits one; ignored
     /// without a stock.
     pub chunk_bytes: usize,
-    /// Bytes of blank shells kept ready for any class (at most a quarter of the cap).
-    /// 0: no stock and no shells, the seed's layout (a chunk is one conversion batch
-    /// and is converted back when returned).
+    /// The shared-memory floor, in bytes (at most a quarter of the cap): class chunks
+    /// and blank shells together stay at least this large, so the first burst after
+    /// boot or after an idle period finds shells any class can take on the map path; a
+    /// quarter of it always waits in blank shells. 0: no stock and no shells, the
+    /// seed's layout (a chunk is one conversion batch and is converted back when
+    /// returned).
     pub stock_bytes: usize,
 }
 
@@ -340,8 +345,12 @@ pub struct PoolSet<P: Platform> {
     shell_pages: usize,
     /// Records per shell (buffers of the smallest class that fits one).
     shell_capacity: usize,
-    /// Blank shells the engine keeps.
-    blank_keep: usize,
+    /// The shared-memory floor, in shells: what the set keeps shared at least (class
+    /// chunks and blank shells together), so the first burst after boot or after an idle
+    /// period finds memory any class can take.
+    floor_shells: usize,
+    /// Blank shells kept whatever the classes hold: room for fluctuations.
+    blank_min: usize,
     /// Shells reshaped by the map path.
     adopted: AtomicU64,
     /// The demand window of carved pages (all classes): `[current, previous]` bucket
@@ -435,9 +444,12 @@ impl<P: Platform> PoolSet<P> {
             shell_pages,
             shell_capacity,
             // At most a quarter of the cap waits in blank shells.
-            blank_keep: stock_keep
+            floor_shells: stock_keep
                 .checked_div(shell_pages)
                 .map_or(0, |n| n.min(cap / 4 / (shell_pages * PAGE_SIZE).max(1))),
+            blank_min: stock_keep
+                .checked_div(shell_pages)
+                .map_or(0, |n| (n.min(cap / 4 / (shell_pages * PAGE_SIZE).max(1)) / 4).max(1)),
             adopted: AtomicU64::new(0),
             carved_peak: [AtomicUsize::new(0), AtomicUsize::new(0)],
             carved_bucket: AtomicU64::new(0),
@@ -574,7 +586,7 @@ impl<P: Platform> PoolSet<P> {
         shell.reshape(class, self.table.get(class));
         self.pools[class].publish(shell);
         self.adopted.fetch_add(1, Ordering::Relaxed);
-        if self.blank_shells() < self.blank_keep / 2 + 1 {
+        if self.blank_shells() < self.blank_target() / 2 + 1 {
             self.platform.wake_refill();
         }
         self.pools[class].pop(true)
@@ -752,7 +764,7 @@ impl<P: Platform> PoolSet<P> {
     /// it (not yet on the blank list).
     fn make_shell(&self, now: u64, batch: bool) -> Result<Arc<Chunk>, GrowError> {
         let align = MAX_BUFFER_ALIGN / PAGE_SIZE;
-        let shells = if batch { self.blank_keep.saturating_sub(self.blank_shells()).max(1) } else { 1 };
+        let shells = if batch { self.blank_target().saturating_sub(self.blank_shells()).max(1) } else { 1 };
         let base = self.take_stock(self.shell_pages, align, shells * self.shell_pages, now)?;
         let shell = Arc::new(Chunk::shell(base, self.shell_pages, self.shell_capacity));
         if self.index.insert(&shell).is_err() {
@@ -805,11 +817,14 @@ impl<P: Platform> PoolSet<P> {
     /// The first [`GrowError`].
     pub fn fill_reserves(&self) -> Result<(), GrowError> {
         if self.stock_keep > 0 {
-            let mut pages = self.stock_keep + MAX_BUFFER_ALIGN / PAGE_SIZE;
+            // The classes' floors and the blank shells share the floor: one block for
+            // whichever is larger.
+            let mut classes = 0;
             for (i, c) in self.table.classes().iter().enumerate() {
                 let chunks = self.boot_fill(i).saturating_sub(self.pools[i].ready()).div_ceil(c.chunk_buffers);
-                pages += chunks * (c.chunk_pages + c.align_pages() - 1);
+                classes += chunks * (c.chunk_pages + c.align_pages() - 1);
             }
+            let pages = self.stock_keep.max(classes) + MAX_BUFFER_ALIGN / PAGE_SIZE;
             let pages = pages.min(self.shared.room_bytes() / PAGE_SIZE);
             if pages > self.stock.pages() {
                 self.as_engine(|| {
@@ -821,7 +836,7 @@ impl<P: Platform> PoolSet<P> {
         // Blank shells are room for fluctuations, not a requirement: the cap may leave
         // none (the engine retries later).
         self.as_engine(|| {
-            while self.blank_shells() < self.blank_keep {
+            while self.blank_shells() < self.blank_target() {
                 match self.make_shell(self.platform.now_ns(), true) {
                     Ok(s) => self.put_blank(s, self.platform.now_ns()),
                     Err(GrowError::Cap { .. }) => break,
@@ -864,23 +879,32 @@ impl<P: Platform> PoolSet<P> {
         }
     }
 
-    /// Blank shells beyond which idle ones are returned: the keep, plus what the recent
-    /// peak of carved pages needed above what is carved now (so memory that a peak used
-    /// stays shared for the whole idle time).
+    /// Blank shells beyond which idle ones are returned: the target, or the minimum plus
+    /// what the recent peak of carved pages needed above what is carved now if more (so
+    /// memory that a peak used stays shared for the whole idle time).
     fn blank_keep_now(&self, now: u64) -> usize {
         let extra = self.carved_window_peak(now).saturating_sub(self.carved_pages());
-        self.blank_keep + extra.div_ceil(self.shell_pages.max(1))
+        self.blank_target().max(self.blank_min + extra.div_ceil(self.shell_pages.max(1)))
+    }
+
+    /// Blank shells the engine builds up to: what the floor leaves after the classes'
+    /// chunks, never fewer than the minimum. At boot and when idle the floor is mostly
+    /// blank shells (any class can take them on the map path); under load the classes
+    /// hold it and only the minimum waits blank.
+    fn blank_target(&self) -> usize {
+        let carved = self.carved_pages().div_ceil(self.shell_pages.max(1));
+        self.blank_min.max(self.floor_shells.saturating_sub(carved))
     }
 
     /// The blank shells' part of a run: build shells up to the keep when fewer than
     /// half are left (converting one block for all of them), or unindex blank shells
     /// idle for `idle_ms` beyond [`PoolSet::blank_keep_now`] and convert them back.
     fn tend_blanks(&self, now: u64) {
-        if self.blank_shells() <= self.blank_keep / 2 {
+        if self.blank_shells() <= self.blank_target() / 2 {
             if self.retry_stock.load(Ordering::Relaxed) > now {
                 return;
             }
-            while self.blank_shells() < self.blank_keep {
+            while self.blank_shells() < self.blank_target() {
                 match self.make_shell(now, true) {
                     Ok(s) => self.put_blank(s, now),
                     Err(e) => {
@@ -933,7 +957,7 @@ impl<P: Platform> PoolSet<P> {
             return false;
         }
         let n = self.blank_shells();
-        (n <= self.blank_keep / 2 && self.retry_stock.load(Ordering::Relaxed) <= now && self.blank_keep > 0)
+        (n <= self.blank_target() / 2 && self.retry_stock.load(Ordering::Relaxed) <= now && self.floor_shells > 0)
             || (n > self.blank_keep_now(now)
                 && self
                     .blanks

@@ -35,7 +35,7 @@
 //! | `swiotlb.dynamic.classes=<size>:<target>[:<low>[:<high>]],...` | size classes (power-of-two sizes, K/M suffixes, the largest at least 8 KiB so a page maps at any `min_align_mask` offset); under `demand` the target is the class's floor of free buffers | `512:512,1K:256,2K:128,4K:64,8K:32,16K:16,32K:8,64K:4,128K:2,256K:1,512K:1` (`bounce_refill::DEFAULT_CLASSES`) |
 //! | `swiotlb.dynamic.cap=<size>` | cap on committed shared memory | `swiotlb=<slots>` × 2 KiB when given, else min(RAM / 4, 1 GiB) |
 //! | `swiotlb.dynamic.chunk=<size>` | `demand`: the shell size, every class's chunk (a free shell moves between classes on the map path) | 512 KiB |
-//! | `swiotlb.dynamic.stock=<size>` | `demand`: blank shells kept ready for any class (at most a quarter of the cap); 0 selects the seed's layout | 8 MiB |
+//! | `swiotlb.dynamic.stock=<size>` | `demand`: the shared-memory floor (at most a quarter of the cap): what stays shared when idle, as blank shells any class takes on the map path; a quarter of it always waits blank; 0 selects the seed's layout | 16 MiB |
 //! | `swiotlb.dynamic.headroom=<percent>` | `demand`: free buffers a class keeps on top of what is out, in % of it (besides its floor) | 0 |
 //! | `swiotlb.dynamic.batch=<pages>` | `seed`: pages per conversion batch (chunk) | 1024 (`MAX_ORDER_NR_PAGES`) |
 //! | `swiotlb.dynamic.idle_ms=<ms>` | idle time before memory beyond what the recent peak needs is converted back (class chunks go back to the blank shells after a tenth of it) | 1000 |
