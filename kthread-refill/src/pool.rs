@@ -158,6 +158,11 @@ impl<L: RawIrqLock> ClassPool<L> {
         self.d_low.store((target / 2).max(1), Ordering::Relaxed);
     }
 
+    /// Whether the pool holds a chunk (lock-free; exact when the engine is quiescent).
+    pub fn has_chunks(&self) -> bool {
+        self.grown.load(Ordering::Relaxed) > self.shrunk.load(Ordering::Relaxed)
+    }
+
     /// The class.
     pub fn class(&self) -> &SizeClass {
         &self.class

@@ -798,14 +798,16 @@ impl<P: Platform> PoolSet<P> {
         Ok(())
     }
 
-    /// Free buffers class `i` holds at boot: its floor (the configured target) under the
-    /// demand policy, its emergency reserve with fixed watermarks.
+    /// Free buffers class `i` holds at boot: under the demand policy nothing for a class
+    /// of shells (the floor is blank shells any class takes on its first map) and its
+    /// floor for a larger class; its emergency reserve with fixed watermarks.
     pub fn boot_fill(&self, i: usize) -> usize {
         let c = self.table.get(i);
-        if self.demand {
-            c.target
-        } else {
-            c.reserve
+        match (self.demand, self.shellable(i)) {
+            // The whole floor waits in blank shells: the class's first map reshapes one.
+            (true, true) => 0,
+            (true, false) => c.target,
+            (false, _) => c.reserve,
         }
     }
 
@@ -1015,7 +1017,11 @@ impl<P: Platform> PoolSet<P> {
 
     fn wants_growth(&self, i: usize, now: u64) -> bool {
         let c = self.table.get(i);
-        self.pools[i].ready() < self.pools[i].effective_target()
+        // Under the demand policy a class of shells keeps its floor once it is in use
+        // (its first map reshapes a blank shell); before that the floor waits blank.
+        let in_use = !self.demand || !self.shellable(i) || self.pools[i].has_chunks();
+        in_use
+            && self.pools[i].ready() < self.pools[i].effective_target()
             && self.retry_at[i].load(Ordering::Relaxed) <= now
             && (self.shared.fits_cap(c.chunk_bytes() + if self.stock_keep == 0 { 0 } else { MAX_BUFFER_ALIGN })
                 || (self.shellable(i) && self.blank_shells() > 0)

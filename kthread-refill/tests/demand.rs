@@ -76,6 +76,11 @@ fn a_request_fails_only_when_no_free_shared_buffer_of_a_fitting_size_is_left() {
     let s = set(&g, 16 << 20, 1000);
     let cap_room = s.cap_bytes() - shared(&s);
     assert!(cap_room < 16 << 20);
+    // The 512 KiB and 4 KiB classes in use (free buffers), as after their first maps.
+    for c in [C256K + 1, C4K] {
+        let first = s.pop(c, true).unwrap();
+        s.push(first);
+    }
     // 256 KiB requests: the class, then blank shells, then the 512 KiB class.
     let mut held = Vec::new();
     loop {
