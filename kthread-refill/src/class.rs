@@ -76,9 +76,10 @@ pub const SEED_CLASSES: [ClassSpec; 5] = [
 /// The default classes (the `demand` preset): powers of two from 512 B to 512 KiB, so
 /// every mapping up to 512 KiB wastes less than half its buffer and the 17 KiB–256 KiB
 /// range that NVMe and virtio-blk use has four classes instead of one 512 KiB class. The
-/// second field is the class's **floor**: free buffers kept ready at boot and whenever
-/// demand is low (256 KiB per class, 512 KiB for the largest, see [`default_floor_bytes`]). Above the floor each
-/// class's reserve follows measured demand (see [`PoolSet`](crate::PoolSet)).
+/// second field is the class's **floor**: free buffers it keeps ready once it is in use
+/// (256 KiB per class, 512 KiB for the largest, see [`default_floor_bytes`]). Before a
+/// class's first map, and beyond its floor, the set's blank shells serve it (see
+/// [`PoolSet`](crate::PoolSet)).
 pub const DEFAULT_CLASSES: [ClassSpec; 11] = [
     ClassSpec::new(512, 512),
     ClassSpec::new(1024, 256),
