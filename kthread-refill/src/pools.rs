@@ -1165,10 +1165,12 @@ impl<P: Platform> PoolSet<P> {
         self.pools[i].counters()
     }
 
-    /// The pool statistics (`PoolStats`): capacity is the buffers' bytes, used the
-    /// in-flight buffers' bytes.
+    /// The pool statistics (`PoolStats`): capacity is the bytes of the classes' buffers
+    /// and of the blank shells, used the in-flight buffers' bytes.
     pub fn pool_stats(&self) -> PoolStats {
-        let capacity_bytes = self.pools.iter().map(|p| p.counters().capacity * p.class.size).sum();
+        // Blank shells count: the map path hands them out to any class that runs empty.
+        let capacity_bytes = self.pools.iter().map(|p| p.counters().capacity * p.class.size).sum::<usize>()
+            + self.blank_shells() * self.shell_pages * PAGE_SIZE;
         PoolStats {
             capacity_bytes,
             used_bytes: self.usage.used(),

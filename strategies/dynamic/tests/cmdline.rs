@@ -42,6 +42,10 @@ fn defaults_are_the_demand_preset_and_the_seed_is_selectable() {
         assert_eq!(s.pools().pool(i).ready(), 0, "class {} holds nothing before its first map", c.size);
     }
     assert_eq!(s.pools().blank_shells() * (512 << 10), 8 << 20, "the floor is blank shells at boot");
+    // Blank shells are capacity (any class takes them on the map path): Linux's
+    // io_tlb_nslabs shows them from boot on.
+    assert_eq!(st.capacity_bytes, 8 << 20);
+    assert_eq!(st.debugfs().io_tlb_nslabs, (8 << 20) / 2048);
     s.audit().unwrap();
 }
 
