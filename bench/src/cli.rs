@@ -174,6 +174,11 @@ pub struct RunArgs {
     /// Check every mapping's data through the simulated device (slower).
     #[arg(long)]
     pub verify: bool,
+    /// Map everything in atomic context: storage devices (NVMe, AHCI, virtio-blk) do
+    /// not pass `DMA_ATTR_MAY_BLOCK`, so a map that finds no free buffer fails instead of
+    /// waiting for the refill engine
+    #[arg(long)]
+    pub atomic: bool,
     /// Write the results as JSON.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -464,6 +469,7 @@ fn run_compare(a: &CompareArgs) -> Result<(), Failure> {
         timing_limit,
         seed: a.seed,
         verify: a.run.verify,
+        atomic: a.run.atomic,
         sweep: a.run.out.is_some(),
         copy_limit: !a.no_copy_limit,
         rounds: a.rounds as usize,

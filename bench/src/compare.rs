@@ -40,6 +40,9 @@ pub struct CompareConfig {
     pub seed: u64,
     /// Check data through the device model.
     pub verify: bool,
+    /// Every map atomic: storage devices do not pass `DMA_ATTR_MAY_BLOCK` (see
+    /// [`Plan::atomic`](crate::workload::Plan::atomic)).
+    pub atomic: bool,
     /// Run the request-size sweep (for the throughput plot).
     pub sweep: bool,
     /// Run the 1500-byte copy-limit check.
@@ -215,8 +218,11 @@ pub fn compare(
     let mut all = Vec::new();
     for &threads in &cfg.threads {
         for &w in &cfg.workloads {
-            let plan = Arc::new(w.plan(threads, stream_len(cfg.limit, threads), cfg.seed, true));
-            let timing_plan = Arc::new(w.plan(threads, stream_len(cfg.timing_limit, threads), cfg.seed, true));
+            let build = |limit| {
+                let plan = w.plan(threads, stream_len(limit, threads), cfg.seed, true);
+                Arc::new(if cfg.atomic { plan.atomic() } else { plan })
+            };
+            let (plan, timing_plan) = (build(cfg.limit), build(cfg.timing_limit));
             let platform = cfg.machine.platform.name();
             let meta = RunMeta { workload: w.name(), threads, platform, seed: cfg.seed, verified: cfg.verify };
             let mut v = MeasurePlan {

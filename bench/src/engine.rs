@@ -449,7 +449,8 @@ impl<'a, S: Strategy> Worker<'a, S> {
         self.out.attempted += 1;
         let sample = self.out.attempted % LATENCY_SAMPLE_EVERY == 1;
         let t0 = sample.then(Instant::now);
-        let r = sh.bouncer.map_single(&spec.device, orig, size, op.dir, DmaAttrs::NO_WARN);
+        let attrs = if spec.may_block { DmaAttrs::NO_WARN | DmaAttrs::MAY_BLOCK } else { DmaAttrs::NO_WARN };
+        let r = sh.bouncer.map_single(&spec.device, orig, size, op.dir, attrs);
         let map_ns = t0.map(|t| t.elapsed().as_nanos() as u64);
         if op.cpu.is_some() {
             set_current_cpu(Some(self.home_cpu()));

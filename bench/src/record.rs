@@ -95,6 +95,11 @@ pub struct Record {
     pub failures: u64,
     /// Failures by reason (only reasons that occurred).
     pub failures_by_reason: BTreeMap<String, u64>,
+    /// Storage maps (`DMA_ATTR_MAY_BLOCK`) that found no free buffer and waited for one
+    /// in the throughput phase.
+    pub blocked_maps: u64,
+    /// Milliseconds those maps waited, all threads together.
+    pub blocked_ms: f64,
     /// Device-model violations (must be 0).
     pub violations: usize,
     /// Data mismatches in `--verify` mode (must be 0).
@@ -228,6 +233,8 @@ impl Record {
             conversion_calls_after_1s: calls_after(&a.timeline, 1000.0),
             failures: a.snapshot.total_failures(),
             failures_by_reason,
+            blocked_maps: a.snapshot.blocked_maps,
+            blocked_ms: a.snapshot.blocked_ns as f64 / 1e6,
             violations: a.violations + b.map_or(0, |b| b.violations),
             data_errors: a.data_errors,
             unmap_errors: a.unmap_errors + b.map_or(0, |b| b.unmap_errors),

@@ -317,7 +317,7 @@ pub fn plan_from_trace(name: &str, trace: &Trace, o: &ReplayOptions) -> Result<P
                 .find(|(n, _)| *n == e.dev_name)
                 .map_or(if e.dev_name.starts_with("nvme") { 4095 } else { 0 }, |(_, m)| *m);
             let dev = bounce_framework::Device::new(&e.dev_name).with_dma_mask(e.dma_mask).with_min_align_mask(mask);
-            devices.push(DeviceSpec { device: dev, depth: o.inflight.max(1), max_extent: 0 });
+            devices.push(DeviceSpec { device: dev, depth: o.inflight.max(1), max_extent: 0, may_block: false });
             index.insert(key, d);
             d
         };

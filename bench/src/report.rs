@@ -36,11 +36,15 @@ pub fn rate(v: f64) -> String {
 }
 
 fn failures(r: &Record) -> String {
-    if r.failures_by_reason.is_empty() {
+    let mut s = if r.failures_by_reason.is_empty() {
         "0".into()
     } else {
         r.failures_by_reason.iter().map(|(k, v)| format!("{k}:{v}")).collect::<Vec<_>>().join(" ")
+    };
+    if r.blocked_maps > 0 {
+        let _ = write!(s, " (waited:{} {:.1}ms)", r.blocked_maps, r.blocked_ms);
     }
+    s
 }
 
 fn ratio(v: Option<f64>) -> String {

@@ -54,6 +54,10 @@ pub struct DeviceSpec {
     pub depth: usize,
     /// The largest `offset + size` an op of this device has (sizes its buffers).
     pub max_extent: usize,
+    /// Whether the driver maps with `DMA_ATTR_MAY_BLOCK` (storage: a request may wait
+    /// for a bounce buffer instead of failing, as in Michael Kelley's throttling RFC);
+    /// network drivers map in atomic context and never wait.
+    pub may_block: bool,
 }
 
 /// How threads hand mappings around.
@@ -95,6 +99,16 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The plan with every map atomic: no device passes `DMA_ATTR_MAY_BLOCK`
+    /// (`--atomic`, the harsher test of a pool's growth).
+    #[must_use]
+    pub fn atomic(mut self) -> Self {
+        for d in &mut self.devices {
+            d.may_block = false;
+        }
+        self
+    }
+
     /// Total ops in all streams.
     pub fn total_ops(&self) -> usize {
         self.streams.iter().map(Vec::len).sum()
@@ -197,7 +211,7 @@ pub fn thread_rng(seed: u64, workload: &str, thread: usize) -> Pcg64Mcg {
 }
 
 fn net_device(depth: usize) -> DeviceSpec {
-    DeviceSpec { device: Device::new("virtio-net"), depth, max_extent: 65_536 }
+    DeviceSpec { device: Device::new("virtio-net"), depth, max_extent: 65_536, may_block: false }
 }
 
 fn nvme_device(depth: usize) -> DeviceSpec {
@@ -205,15 +219,16 @@ fn nvme_device(depth: usize) -> DeviceSpec {
         device: Device::new("nvme0").with_min_align_mask(4095).with_max_segment_size(1 << 20),
         depth,
         max_extent: NVME_MAX_TRANSFER as usize + 4096,
+        may_block: true,
     }
 }
 
 fn ahci_device(depth: usize) -> DeviceSpec {
-    DeviceSpec { device: Device::new("ahci").with_dma_bits(32), depth, max_extent: 65_536 }
+    DeviceSpec { device: Device::new("ahci").with_dma_bits(32), depth, max_extent: 65_536, may_block: true }
 }
 
 fn vblk_device(depth: usize) -> DeviceSpec {
-    DeviceSpec { device: Device::new("virtio-blk"), depth, max_extent: 131_072 }
+    DeviceSpec { device: Device::new("virtio-blk"), depth, max_extent: 131_072, may_block: true }
 }
 
 /// A size distribution.
@@ -320,7 +335,12 @@ fn draw(rng: &mut Pcg64Mcg, mix: &[(u8, f64, Dist)]) -> Op {
 
 /// One fixed request size for every op (the throughput-versus-size sweep).
 pub fn fixed_size_plan(size: u32, threads: usize, depth: usize, repeat: bool) -> Plan {
-    let device = DeviceSpec { device: Device::new("sweep"), depth, max_extent: (size as usize).next_multiple_of(4096) };
+    let device = DeviceSpec {
+        device: Device::new("sweep"),
+        depth,
+        max_extent: (size as usize).next_multiple_of(4096),
+        may_block: false,
+    };
     let op = Op { device: 0, dir: DmaDirection::ToDevice, size, offset: 0, cpu: None };
     Plan {
         name: format!("size-{size}"),

@@ -9,7 +9,7 @@ use crate::dma::{Device, DmaAttrs, DmaDirection};
 use crate::error::{FailureReason, LookupError, MapError};
 use crate::platform::{BouncedEvent, LogLevel, Platform};
 use crate::stats::{BounceSnapshot, BounceStats, Counter, DebugfsView, PoolStats};
-use crate::strategy::{Located, ReleaseError, Request, Strategy};
+use crate::strategy::{Located, ReleaseError, Request, Reservation, Strategy};
 
 /// Options of a [`Bouncer`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,6 +63,15 @@ pub struct SgError {
     /// Why.
     pub error: MapError,
 }
+
+/// The longest a [`DmaAttrs::MAY_BLOCK`] map waits for a free bounce buffer before it
+/// fails (1 s): long enough for the refill engine to convert a large batch on any
+/// platform, short enough that a leak or a full cap surfaces as an error, not a hang.
+pub const MAY_BLOCK_TIMEOUT_NS: u64 = 1_000_000_000;
+/// A waiting map's first sleep; each further sleep doubles, up to [`MAX_BLOCK_SLEEP_NS`].
+const FIRST_BLOCK_SLEEP_NS: u64 = 20_000;
+/// The longest single sleep of a waiting map.
+const MAX_BLOCK_SLEEP_NS: u64 = 1_000_000;
 
 /// Warnings are printed at most this many times per interval (Linux's
 /// `DEFAULT_RATELIMIT_BURST` per `DEFAULT_RATELIMIT_INTERVAL`).
@@ -289,8 +298,9 @@ impl<P: Platform, S: Strategy> Bouncer<P, S> {
             min_align_mask: dev.min_align_mask,
             dma_mask: dev.dma_mask,
             cpu,
+            may_block: attrs.contains(DmaAttrs::MAY_BLOCK),
         };
-        let res = match self.strategy.reserve(&req) {
+        let res = match self.reserve(&req, cpu, attrs) {
             Ok(r) => r,
             Err(e) => {
                 self.warn(attrs, format_args!("{}: {e}", dev.name()));
@@ -324,6 +334,48 @@ impl<P: Platform, S: Strategy> Bouncer<P, S> {
             });
         }
         Ok((dma, copy_ns))
+    }
+
+    /// The strategy's reserve; for a [`DmaAttrs::MAY_BLOCK`] map that finds the pool
+    /// exhausted (or the cap reached), waits instead of failing: it wakes the refill
+    /// engine, sleeps through [`Platform::sleep`] with a doubling back-off and tries
+    /// again, until a buffer is free or [`MAY_BLOCK_TIMEOUT_NS`] has passed. The
+    /// strategy may keep its emergency reserves from such a map while it waits
+    /// ([`Request::may_block`]); the last try, at the timeout, asks as an atomic map
+    /// would, so waiting never fails a map that not waiting would have served. Any other
+    /// map, and any other error, returns at once: only this caller sleeps, and only
+    /// because it said it may.
+    fn reserve(&self, req: &Request, cpu: usize, attrs: DmaAttrs) -> Result<Reservation, MapError> {
+        let first = self.strategy.reserve(req);
+        let Err(e) = first else { return first };
+        if !attrs.contains(DmaAttrs::MAY_BLOCK) || !matches!(e.reason(), FailureReason::Exhausted | FailureReason::Cap)
+        {
+            return Err(e);
+        }
+        let atomic = Request { may_block: false, ..*req };
+        let start = self.platform.now_ns();
+        let mut nap = FIRST_BLOCK_SLEEP_NS;
+        let result = loop {
+            self.platform.wake_refill();
+            if !self.platform.sleep(nap) {
+                if nap == FIRST_BLOCK_SLEEP_NS {
+                    // Cannot sleep here: an atomic map after all.
+                    return self.strategy.reserve(&atomic);
+                }
+                break self.strategy.reserve(&atomic);
+            }
+            match self.strategy.reserve(req) {
+                Ok(r) => break Ok(r),
+                Err(_) if self.platform.now_ns().saturating_sub(start) >= MAY_BLOCK_TIMEOUT_NS => {
+                    break self.strategy.reserve(&atomic);
+                }
+                Err(again) if matches!(again.reason(), FailureReason::Exhausted | FailureReason::Cap) => {}
+                Err(other) => break Err(other),
+            }
+            nap = (nap * 2).min(MAX_BLOCK_SLEEP_NS);
+        };
+        self.stats.blocked(cpu, self.platform.now_ns().saturating_sub(start));
+        result
     }
 
     /// Looks up a caller's bus address.

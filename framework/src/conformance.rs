@@ -385,6 +385,49 @@ pub fn exhaustion_is_an_error<S: Strategy>(make: &dyn Fn(&SimGuest) -> S) {
     e.check();
 }
 
+/// `DMA_ATTR_MAY_BLOCK`: on an exhausted pool an atomic map fails at once without
+/// sleeping, while a map that may block waits and is served once another thread
+/// unmaps; the wait is counted.
+pub fn may_block_waits_for_an_unmap<S: Strategy + 'static>(make: &dyn Fn(&SimGuest) -> S) {
+    let e = env(make);
+    let size = 64 * 1024;
+    let orig = e.buffer(size, 0, 9);
+    let mut live = Vec::new();
+    let err = loop {
+        assert!(live.len() < 4096, "no exhaustion after mapping 256 MiB: the suite expects pools under 32 MiB");
+        match e.bouncer.map_single(e.net.device(), orig, size, DmaDirection::ToDevice, DmaAttrs::empty()) {
+            Ok(d) => live.push(d),
+            Err(err) => break err,
+        }
+    };
+    assert!(matches!(err.reason(), FailureReason::Exhausted | FailureReason::Cap), "unexpected error {err}");
+    assert_eq!(e.guest.stats().sleeps, 0, "an atomic map slept");
+    assert_eq!(e.bouncer.stats().blocked_maps, 0);
+    // Another CPU unmaps half of the mappings a little later.
+    let half = live.split_off(live.len() / 2);
+    let (b, dev) = (Arc::clone(&e.bouncer), *e.net.device());
+    let unmapper = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        for d in half {
+            b.unmap_single(&dev, d, size, DmaDirection::ToDevice, DmaAttrs::empty()).unwrap();
+        }
+    });
+    let d = e
+        .bouncer
+        .map_single(e.net.device(), orig, size, DmaDirection::ToDevice, DmaAttrs::MAY_BLOCK)
+        .expect("a map that may block is served once buffers are unmapped");
+    unmapper.join().unwrap();
+    let s = e.bouncer.stats();
+    assert_eq!(s.blocked_maps, 1);
+    assert!(s.blocked_ns > 0);
+    assert!(e.guest.stats().sleeps > 0);
+    live.push(d);
+    for d in live {
+        e.bouncer.unmap_single(e.net.device(), d, size, DmaDirection::ToDevice, DmaAttrs::empty()).unwrap();
+    }
+    e.check();
+}
+
 /// Unknown, double and inner-address unmaps and syncs are clear errors that change
 /// nothing.
 pub fn bad_unmaps_change_nothing<S: Strategy>(make: &dyn Fn(&SimGuest) -> S) {
@@ -999,7 +1042,7 @@ macro_rules! conformance_suite {
             map_copies_in_every_direction, unmap_copies_back_per_direction, skip_cpu_sync,
             sync_rules, partial_sync_at_offset, overflow_is_clamped, min_align_mask_preserved,
             alloc_align_mask_honoured, max_mapping_size_is_exact, map_sg_all_or_nothing,
-            exhaustion_is_an_error, bad_unmaps_change_nothing, bad_arguments_change_nothing,
+            exhaustion_is_an_error, may_block_waits_for_an_unmap, bad_unmaps_change_nothing, bad_arguments_change_nothing,
             dma_mask_respected, statistics_add_up, scrub_clears_buffers, copies_each_direction_once,
             hostile_host_cannot_reach_guest_memory, copy_counts_per_direction, reused_buffer_never_shows_stale_data,
             concurrent_map_unmap, random_sequences_match_model);

@@ -76,6 +76,12 @@ bitflags::bitflags! {
         const SKIP_CPU_SYNC = 1 << 5;
         /// `DMA_ATTR_NO_WARN`: do not log a failed mapping.
         const NO_WARN = 1 << 8;
+        /// `DMA_ATTR_MAY_BLOCK` (Michael Kelley's swiotlb throttling RFC, August 2024; not
+        /// in Linux 6.12, which leaves this bit free): the caller may sleep, so a map that
+        /// finds no free bounce buffer waits for the refill engine or an unmap (up to
+        /// [`MAY_BLOCK_TIMEOUT_NS`](crate::MAY_BLOCK_TIMEOUT_NS)) instead of failing at
+        /// once. Storage drivers set it; a map without it never sleeps.
+        const MAY_BLOCK = 1 << 10;
     }
 }
 

@@ -42,7 +42,7 @@ pub mod conformance;
 pub use addr::{
     DmaAddr, PageCount, PhysAddr, SlotCount, IO_TLB_SEGSIZE, IO_TLB_SHIFT, IO_TLB_SIZE, PAGE_SHIFT, PAGE_SIZE,
 };
-pub use bouncer::{Bouncer, BouncerOptions, SgEntry, SgError};
+pub use bouncer::{Bouncer, BouncerOptions, SgEntry, SgError, MAY_BLOCK_TIMEOUT_NS};
 pub use cmdline::{BootConfig, ForceMode, StrategyParams, SwiotlbParam};
 pub use dma::{Device, DmaAttrs, DmaDirection};
 pub use error::{CmdlineError, FailureReason, GrowError, InitError, LookupError, MapError, PlatformError};

@@ -170,6 +170,15 @@ pub trait Platform: Clone + Send + Sync + 'static {
     /// Wakes the background refill engine without blocking. Atomic-safe.
     fn wake_refill(&self);
 
+    /// Sleeps the caller for about `ns` nanoseconds (`usleep_range`), for maps marked
+    /// [`DmaAttrs::MAY_BLOCK`](crate::DmaAttrs::MAY_BLOCK) only: the map path calls it
+    /// for no other map. Returns false when the platform cannot sleep (the default), and
+    /// such maps then fail as atomic ones do.
+    fn sleep(&self, ns: u64) -> bool {
+        let _ = ns;
+        false
+    }
+
     /// Logs a message (`printk`). Atomic-safe. The default drops it.
     fn log(&self, level: LogLevel, args: fmt::Arguments<'_>) {
         let _ = (level, args);

@@ -127,6 +127,8 @@ struct Shard {
     bytes_from_bounce: AtomicU64,
     failures: [AtomicU64; FailureReason::COUNT],
     overflows_clamped: AtomicU64,
+    blocked_maps: AtomicU64,
+    blocked_ns: AtomicU64,
     timed_ops: AtomicU64,
     op_ns: AtomicU64,
     copy_ns: AtomicU64,
@@ -195,6 +197,13 @@ impl BounceStats {
         a.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// A [`DmaAttrs::MAY_BLOCK`](crate::DmaAttrs::MAY_BLOCK) map that waited `ns`.
+    pub(crate) fn blocked(&self, cpu: usize, ns: u64) {
+        let s = self.shard(cpu);
+        s.blocked_maps.fetch_add(1, Ordering::Relaxed);
+        s.blocked_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
     #[inline]
     pub(crate) fn fail(&self, cpu: usize, reason: FailureReason) {
         self.shard(cpu).failures[reason as usize].fetch_add(1, Ordering::Relaxed);
@@ -241,6 +250,8 @@ impl BounceStats {
             s.bytes_to_bounce += sh.bytes_to_bounce.load(Ordering::Relaxed);
             s.bytes_from_bounce += sh.bytes_from_bounce.load(Ordering::Relaxed);
             s.overflows_clamped += sh.overflows_clamped.load(Ordering::Relaxed);
+            s.blocked_maps += sh.blocked_maps.load(Ordering::Relaxed);
+            s.blocked_ns += sh.blocked_ns.load(Ordering::Relaxed);
             s.timed_ops += sh.timed_ops.load(Ordering::Relaxed);
             s.op_ns += sh.op_ns.load(Ordering::Relaxed);
             s.copy_ns += sh.copy_ns.load(Ordering::Relaxed);
@@ -272,6 +283,11 @@ pub struct BounceSnapshot {
     /// Syncs or unmaps whose size ran past the mapping and was clamped
     /// ("Buffer overflow detected").
     pub overflows_clamped: u64,
+    /// Maps marked `DMA_ATTR_MAY_BLOCK` that found no free buffer and waited (whether
+    /// they were then served or failed).
+    pub blocked_maps: u64,
+    /// Nanoseconds those maps spent waiting.
+    pub blocked_ns: u64,
     /// Mapping bytes live now.
     pub inflight_bytes: u64,
     /// The most mapping bytes live at once.

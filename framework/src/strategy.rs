@@ -31,6 +31,11 @@ pub struct Request {
     pub dma_mask: u64,
     /// The CPU the request runs on.
     pub cpu: usize,
+    /// The caller passed [`DmaAttrs::MAY_BLOCK`](crate::DmaAttrs::MAY_BLOCK): if the
+    /// strategy refuses it as exhausted, the bouncer waits and asks again. A strategy
+    /// may therefore keep its last free memory (emergency reserves) for atomic callers,
+    /// which cannot wait; it must still never sleep itself.
+    pub may_block: bool,
 }
 
 /// A reserved buffer: the physical address the original's first byte is copied to

@@ -26,7 +26,7 @@
  * The version of this ABI. `bounce_hooks.abi_version` must hold it; bumped whenever
  * a struct or a function signature changes.
  */
-#define BOUNCE_ABI_VERSION 1
+#define BOUNCE_ABI_VERSION 2
 
 /**
  * `DMA_BIDIRECTIONAL`.
@@ -58,6 +58,14 @@
  * `DMA_ATTR_NO_WARN` (Linux's bit value): do not log a failed mapping.
  */
 #define BOUNCE_DMA_ATTR_NO_WARN (1 << 8)
+
+/**
+ * `DMA_ATTR_MAY_BLOCK` (Michael Kelley's swiotlb throttling RFC; a bit Linux 6.12 leaves
+ * free): the caller may sleep, so a map that finds no free bounce buffer wakes the
+ * refill engine and waits through the `sleep` hook (up to 1 s) instead of failing at
+ * once. Without a `sleep` hook it has no effect.
+ */
+#define BOUNCE_DMA_ATTR_MAY_BLOCK (1 << 10)
 
 /**
  * `bounce_create` flag: time every operation and split copy from metadata time
@@ -342,6 +350,14 @@ struct bounce_hooks {
      * `local_irq_restore(flags)`; see `irq_save`.
      */
     void (*irq_restore)(unsigned long flags);
+    /**
+     * Sleeps the caller for about `ns` nanoseconds (`usleep_range`). Called only on
+     * behalf of maps passed `BOUNCE_DMA_ATTR_MAY_BLOCK` (whose caller may sleep) that
+     * found no free buffer, never for any other call. NULL: such maps fail at once, as
+     * atomic ones do.
+     */
+    void (*sleep)(void *ctx,
+                  uint64_t ns);
 };
 
 /**
@@ -537,6 +553,14 @@ struct bounce_stats {
      * Failed calls by reason, indexed by `BOUNCE_FAILURE_*`.
      */
     uint64_t failures[BOUNCE_FAILURE_COUNT];
+    /**
+     * Maps passed `BOUNCE_DMA_ATTR_MAY_BLOCK` that found no free buffer and waited.
+     */
+    uint64_t blocked_maps;
+    /**
+     * Nanoseconds those maps waited.
+     */
+    uint64_t blocked_ns;
 };
 
 /**
@@ -664,7 +688,8 @@ int bounce_destroy(struct bounce *b);
  * or accept that a migration may show another call's message).
  *
  * # Context
- * Any context.
+ * Any context (process context with `BOUNCE_DMA_ATTR_MAY_BLOCK`, as
+ * `bounce_map_single`).
  *
  * # Safety
  * `b` is NULL or a live instance; `buf` is NULL or writable for `len` bytes.
@@ -702,6 +727,9 @@ const char *bounce_strategy_name(const struct bounce *b);
  *
  * # Context
  * Any context, including hard IRQ: never sleeps, never allocates, never converts.
+ * With `BOUNCE_DMA_ATTR_MAY_BLOCK` in `attrs` (process context only: the caller
+ * promises it may sleep) a map that finds no free buffer wakes the refill engine and
+ * sleeps through the `sleep` hook between tries, for up to 1 s, before it fails.
  *
  * # Safety
  * `b` is NULL or a live instance; `dev` is NULL or valid (name NULL or

@@ -11,7 +11,7 @@ use bounce_framework::{DmaAttrs, DmaDirection, FailureReason, LogLevel, SgEntry}
 
 /// The version of this ABI. `bounce_hooks.abi_version` must hold it; bumped whenever
 /// a struct or a function signature changes.
-pub const BOUNCE_ABI_VERSION: u32 = 1;
+pub const BOUNCE_ABI_VERSION: u32 = 2;
 
 /// `DMA_BIDIRECTIONAL`.
 pub const BOUNCE_DMA_BIDIRECTIONAL: u32 = 0;
@@ -27,6 +27,11 @@ pub const BOUNCE_DMA_NONE: u32 = 3;
 pub const BOUNCE_DMA_ATTR_SKIP_CPU_SYNC: u64 = 1 << 5;
 /// `DMA_ATTR_NO_WARN` (Linux's bit value): do not log a failed mapping.
 pub const BOUNCE_DMA_ATTR_NO_WARN: u64 = 1 << 8;
+/// `DMA_ATTR_MAY_BLOCK` (Michael Kelley's swiotlb throttling RFC; a bit Linux 6.12 leaves
+/// free): the caller may sleep, so a map that finds no free bounce buffer wakes the
+/// refill engine and waits through the `sleep` hook (up to 1 s) instead of failing at
+/// once. Without a `sleep` hook it has no effect.
+pub const BOUNCE_DMA_ATTR_MAY_BLOCK: u64 = 1 << 10;
 
 /// `bounce_create` flag: time every operation and split copy from metadata time
 /// (`bounce_stats.op_ns` / `copy_ns`); three clock reads per call.
@@ -81,6 +86,7 @@ const _: () = {
     assert!(BOUNCE_DMA_FROM_DEVICE == DmaDirection::FromDevice as u32);
     assert!(BOUNCE_DMA_ATTR_SKIP_CPU_SYNC == DmaAttrs::SKIP_CPU_SYNC.bits());
     assert!(BOUNCE_DMA_ATTR_NO_WARN == DmaAttrs::NO_WARN.bits());
+    assert!(BOUNCE_DMA_ATTR_MAY_BLOCK == DmaAttrs::MAY_BLOCK.bits());
     assert!(BOUNCE_FAILURE_COUNT == FailureReason::COUNT);
     assert!(BOUNCE_FAILURE_BAD_ARGUMENT == FailureReason::BadArgument as usize);
     assert!(BOUNCE_FAILURE_TOO_LARGE == FailureReason::TooLarge as usize);
@@ -193,6 +199,11 @@ pub struct BounceHooks {
     pub irq_save: Option<unsafe extern "C" fn() -> c_ulong>,
     /// `local_irq_restore(flags)`; see `irq_save`.
     pub irq_restore: Option<unsafe extern "C" fn(flags: c_ulong)>,
+    /// Sleeps the caller for about `ns` nanoseconds (`usleep_range`). Called only on
+    /// behalf of maps passed `BOUNCE_DMA_ATTR_MAY_BLOCK` (whose caller may sleep) that
+    /// found no free buffer, never for any other call. NULL: such maps fail at once, as
+    /// atomic ones do.
+    pub sleep: Option<unsafe extern "C" fn(ctx: *mut c_void, ns: u64)>,
 }
 
 /// What bounce needs to know about a device (`struct device` and its `dma_parms`).
@@ -333,6 +344,10 @@ pub struct BounceStats {
     pub copy_ns: u64,
     /// Failed calls by reason, indexed by `BOUNCE_FAILURE_*`.
     pub failures: [u64; BOUNCE_FAILURE_COUNT],
+    /// Maps passed `BOUNCE_DMA_ATTR_MAY_BLOCK` that found no free buffer and waited.
+    pub blocked_maps: u64,
+    /// Nanoseconds those maps waited.
+    pub blocked_ns: u64,
 }
 
 /// What one `bounce_run_background` call did.

@@ -244,7 +244,8 @@ pub unsafe extern "C" fn bounce_destroy(b: *mut Bounce) -> c_int {
 /// or accept that a migration may show another call's message).
 ///
 /// # Context
-/// Any context.
+/// Any context (process context with `BOUNCE_DMA_ATTR_MAY_BLOCK`, as
+/// `bounce_map_single`).
 ///
 /// # Safety
 /// `b` is NULL or a live instance; `buf` is NULL or writable for `len` bytes.
@@ -291,6 +292,9 @@ pub unsafe extern "C" fn bounce_strategy_name(b: *const Bounce) -> *const c_char
 ///
 /// # Context
 /// Any context, including hard IRQ: never sleeps, never allocates, never converts.
+/// With `BOUNCE_DMA_ATTR_MAY_BLOCK` in `attrs` (process context only: the caller
+/// promises it may sleep) a map that finds no free buffer wakes the refill engine and
+/// sleeps through the `sleep` hook between tries, for up to 1 s, before it fails.
 ///
 /// # Safety
 /// `b` is NULL or a live instance; `dev` is NULL or valid (name NULL or
@@ -752,6 +756,8 @@ pub unsafe extern "C" fn bounce_stats(b: *const Bounce, out: *mut BounceStats) -
             op_ns: api.op_ns,
             copy_ns: api.copy_ns,
             failures: api.failures,
+            blocked_maps: api.blocked_maps,
+            blocked_ns: api.blocked_ns,
         };
         // SAFETY: checked non-NULL; writable (caller).
         unsafe { out.write(s) };
@@ -947,6 +953,7 @@ mod tests {
             trace_bounced: None,
             irq_save: None,
             irq_restore: None,
+            sleep: None,
         };
         let mut b = core::ptr::null_mut();
         // SAFETY: valid table and out-pointer; no error buffer.
@@ -1001,6 +1008,42 @@ mod tests {
         assert_eq!(unsafe { bounce_destroy(b) }, -EBUSY);
         // SAFETY: live instance and device.
         assert_eq!(unsafe { bounce_unmap_single(b, &raw const dev, dma, 100, 0, 0) }, 0);
+        // SAFETY: live instance, nothing mapped, no concurrent call.
+        assert_eq!(unsafe { bounce_destroy(b) }, 0);
+    }
+
+    #[test]
+    fn may_block_without_a_sleep_hook_fails_at_once() {
+        let b = instance();
+        let dev = BounceDevice { name: core::ptr::null(), dma_mask: u64::MAX, min_align_mask: 0, max_segment_size: 0 };
+        let orig = BASE + (2 << 20);
+        let mut live = std::vec::Vec::new();
+        let rc = loop {
+            let mut dma = 0;
+            // SAFETY: live instance, valid device and out-pointer; the original lies in
+            // the arena.
+            let rc = unsafe { bounce_map_single(b, &raw const dev, orig, 16384, 0, 0, 0, &raw mut dma) };
+            if rc != 0 {
+                break rc;
+            }
+            live.push(dma);
+            assert!(live.len() < 1000, "a 256 KiB pool never ran out");
+        };
+        assert_eq!(rc, -crate::errno::ENOSPC);
+        let mut dma = 0;
+        // SAFETY: as above.
+        let rc = unsafe {
+            bounce_map_single(b, &raw const dev, orig, 16384, 0, 0, crate::abi::BOUNCE_DMA_ATTR_MAY_BLOCK, &raw mut dma)
+        };
+        assert_eq!(rc, -crate::errno::ENOSPC, "no sleep hook: the map fails as an atomic one");
+        let mut s = BounceStats::default();
+        // SAFETY: live instance; `s` writable.
+        assert_eq!(unsafe { bounce_stats(b, &raw mut s) }, 0);
+        assert_eq!((s.blocked_maps, s.blocked_ns), (0, 0));
+        for d in live {
+            // SAFETY: live instance and device; `d` is mapped.
+            assert_eq!(unsafe { bounce_unmap_single(b, &raw const dev, d, 16384, 0, 0) }, 0);
+        }
         // SAFETY: live instance, nothing mapped, no concurrent call.
         assert_eq!(unsafe { bounce_destroy(b) }, 0);
     }

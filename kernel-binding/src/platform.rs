@@ -41,6 +41,7 @@ type FillFn = unsafe extern "C" fn(*mut c_void, u64, u8, usize);
 type WakeFn = unsafe extern "C" fn(*mut c_void);
 type LogFn = unsafe extern "C" fn(*mut c_void, c_int, *const c_char, usize);
 type TraceFn = unsafe extern "C" fn(*mut c_void, *const BounceTraceEvent);
+type SleepFn = unsafe extern "C" fn(*mut c_void, u64);
 type IrqSaveFn = unsafe extern "C" fn() -> c_ulong;
 type IrqRestoreFn = unsafe extern "C" fn(c_ulong);
 
@@ -194,6 +195,7 @@ struct Hooks {
     wake_refill: Option<WakeFn>,
     log: Option<LogFn>,
     trace_bounced: Option<TraceFn>,
+    sleep: Option<SleepFn>,
 }
 
 /// The platform of one instance: the C hooks, copied out of the caller's table.
@@ -252,6 +254,7 @@ impl HookPlatform {
             wake_refill: t.wake_refill,
             log: t.log,
             trace_bounced: t.trace_bounced,
+            sleep: t.sleep,
         };
         let cpu_count = required(t.cpu_count, "cpu_count")?;
         // SAFETY: the caller guarantees the hook contract.
@@ -404,6 +407,14 @@ impl Platform for HookPlatform {
             // SAFETY: the hook contract.
             unsafe { f(self.hooks.ctx) }
         }
+    }
+
+    fn sleep(&self, ns: u64) -> bool {
+        let Some(f) = self.hooks.sleep else { return false };
+        // SAFETY: the hook contract; the bouncer calls this only for a map whose caller
+        // passed BOUNCE_DMA_ATTR_MAY_BLOCK, i.e. promised it may sleep.
+        unsafe { f(self.hooks.ctx, ns) };
+        true
     }
 
     fn log(&self, level: LogLevel, args: fmt::Arguments<'_>) {

@@ -227,6 +227,7 @@ fn hooks(host: &Host) -> BounceHooks {
         trace_bounced: Some(h_trace),
         irq_save: Some(irq_save),
         irq_restore: Some(irq_restore),
+        sleep: None,
     }
 }
 

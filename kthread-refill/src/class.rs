@@ -428,6 +428,7 @@ mod tests {
             min_align_mask: min_align,
             dma_mask: u64::MAX,
             cpu: 0,
+            may_block: false,
         }
     }
 

@@ -22,8 +22,8 @@
 //!    headroom in percent of what is out); with fixed watermarks the seed's demand boost
 //!    (below) moves them.
 //! 2. **Shrink.** Chunks whose buffers are all free are stamped the first time a run
-//!    sees them so; one that stays free for the chunk idle time (`idle_ms`, a tenth of
-//!    it with shells) is returned when its class keeps at least its high watermark of
+//!    sees them so; one that stays free for the chunk idle time (`idle_ms`, a fiftieth
+//!    of it with shells: [`CHUNK_IDLE_DIVISOR`]) is returned when its class keeps at least its high watermark of
 //!    free buffers without it: detached from the pool (O(1)), then blanked (a shell) or
 //!    removed from the index and converted back ([`SharedMemory::free_shared`]; a failed
 //!    conversion quarantines those pages).
@@ -36,8 +36,9 @@
 //!    When the cap blocks a class below its low watermark, an idle chunk of a class
 //!    above its target is returned first to make room.
 //! 4. **Blank shells.** Their target is what the floor (`stock_bytes`) leaves after the
-//!    classes' chunks, at least a quarter of the floor. Built up to it when half are
-//!    gone (one conversion for all), and converted back once idle for `idle_ms` beyond
+//!    classes' chunks, at least an eighth of the floor ([`BLANK_MIN_DIVISOR`]); maps
+//!    that may wait (`DMA_ATTR_MAY_BLOCK`, [`Need::Waitable`]) leave the last quarter of
+//!    that minimum to atomic maps. Built up to it when half are gone (one conversion for all), and converted back once idle for `idle_ms` beyond
 //!    it and beyond what the recent peak of carved pages needed (the peak is remembered
 //!    for the idle time), so a steady workload converts nothing.
 //!
@@ -96,6 +97,19 @@ pub const DEFAULT_CHUNK_BYTES: usize = 512 << 10;
 /// Default shared-memory floor of the demand policy (32 shells of 512 KiB): the room the
 /// issue's memory bound leaves for a boot floor that absorbs the first burst.
 pub const DEFAULT_STOCK_BYTES: usize = 16 << 20;
+/// With shells, a completely free class chunk goes back to the blank shells after
+/// `idle_ms / CHUNK_IDLE_DIVISOR` (20 ms by default): that costs no conversion, and it
+/// lets each class's capacity follow what it holds now rather than its own peak, which
+/// matters because the classes' peaks do not coincide. Measured on `mixed`
+/// (`bounce compare -w mixed`, 2 threads, two runs each): a tenth of `idle_ms` peaked at
+/// 36.9–37.8 MiB shared, a fiftieth at 34.2–36.3 MiB, for 22 MiB in flight.
+pub const CHUNK_IDLE_DIVISOR: u64 = 50;
+/// Blank shells kept under load (whatever the classes hold): the floor divided by this,
+/// at least one (2 MiB of the default 16 MiB). A quarter kept 4 MiB idle and put
+/// magazine over the `mixed` memory bound (39.8 MiB for 22.3 MiB in flight, limit
+/// 38.3 MiB); an eighth kept every workload free of failures with storage maps that may
+/// wait, a sixteenth only raised the conversion calls (29–37 against 18–22 on `mixed`).
+pub const BLANK_MIN_DIVISOR: usize = 8;
 
 /// A named set of pool defaults (`swiotlb.<strategy>.preset=`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -290,6 +304,30 @@ pub const fn default_cap(ram_bytes: usize) -> usize {
     cap & !(bounce_framework::PAGE_SIZE - 1)
 }
 
+/// How deep a pop may dig for a buffer: who asks decides it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// Stocking a cache (a magazine): only buffers above the class's emergency reserve,
+    /// no blank shell.
+    Stock,
+    /// A map that may wait (`DMA_ATTR_MAY_BLOCK`): above the reserve, and a blank shell
+    /// only while more than the few kept for atomic maps remain.
+    Waitable,
+    /// A map that cannot wait: the reserve and any blank shell.
+    Atomic,
+}
+
+impl Need {
+    /// The need of a map request.
+    pub const fn of(req: &bounce_framework::Request) -> Self {
+        if req.may_block {
+            Self::Waitable
+        } else {
+            Self::Atomic
+        }
+    }
+}
+
 /// Totals of a [`PoolSet::audit`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SetAudit {
@@ -323,7 +361,7 @@ pub struct PoolSet<P: Platform> {
     usage: UsageCounter,
     idle_ns: u64,
     /// How long a completely free chunk above its class's high watermark stays before
-    /// it is returned: the idle time, or a tenth of it when chunks go back to a stock
+    /// it is returned: the idle time, or a fiftieth of it when chunks go back to blank
     /// (no conversion: the stock converts back only after the whole idle time).
     chunk_idle_ns: u64,
     retry_ns: u64,
@@ -357,6 +395,8 @@ pub struct PoolSet<P: Platform> {
     /// peaks and the current bucket's start (engine context only).
     carved_peak: [AtomicUsize; 2],
     carved_bucket: AtomicU64,
+    /// Carved pages a steady load is held to need (see [`PoolSet::held_peak_after`]).
+    held_peak: AtomicUsize,
     /// Serializes engine work: [`PoolSet::run`] and the boot fill ([`PoolSet::grow`]).
     running: AtomicBool,
     grow_batches: AtomicU64,
@@ -425,7 +465,7 @@ impl<P: Platform> PoolSet<P> {
             usage: UsageCounter::new(),
             idle_ns: config.idle_ms.saturating_mul(1_000_000),
             chunk_idle_ns: if stock_keep > 0 && config.demand {
-                config.idle_ms.saturating_mul(100_000)
+                config.idle_ms.saturating_mul(1_000_000 / CHUNK_IDLE_DIVISOR)
             } else {
                 config.idle_ms.saturating_mul(1_000_000)
             },
@@ -449,10 +489,11 @@ impl<P: Platform> PoolSet<P> {
                 .map_or(0, |n| n.min(cap / 4 / (shell_pages * PAGE_SIZE).max(1))),
             blank_min: stock_keep
                 .checked_div(shell_pages)
-                .map_or(0, |n| (n.min(cap / 4 / (shell_pages * PAGE_SIZE).max(1)) / 4).max(1)),
+                .map_or(0, |n| (n.min(cap / 4 / (shell_pages * PAGE_SIZE).max(1)) / BLANK_MIN_DIVISOR).max(1)),
             adopted: AtomicU64::new(0),
             carved_peak: [AtomicUsize::new(0), AtomicUsize::new(0)],
             carved_bucket: AtomicU64::new(0),
+            held_peak: AtomicUsize::new(0),
             running: AtomicBool::new(false),
             grow_batches: AtomicU64::new(0),
             shrink_batches: AtomicU64::new(0),
@@ -515,22 +556,23 @@ impl<P: Platform> PoolSet<P> {
 
     // ---------------------------------------------------------------- map path
 
-    /// Takes a ready buffer of class `class`. With `dip_reserve` false the class's
-    /// emergency reserve is left alone (for requests falling back from a smaller
-    /// class). Wakes the engine when the pop leaves the class below its low watermark
-    /// (once per crossing).
+    /// Takes a ready buffer of class `class` for `need` (how deep the pop may dig, see
+    /// [`Need`]). Wakes the engine when the pop leaves the class below its low
+    /// watermark (once per crossing), and when a map's own class is empty.
     ///
     /// # Context
     /// Any context; never sleeps, allocates or converts.
     #[inline]
-    pub fn pop(&self, class: usize, dip_reserve: bool) -> Option<FreeBuffer> {
-        let p = match self.pools[class].pop(dip_reserve) {
+    pub fn pop(&self, class: usize, need: Need) -> Option<FreeBuffer> {
+        let p = match self.pools[class].pop(need == Need::Atomic) {
             Some(p) => p,
             // The class's own request found it empty: reshape a blank shell for it, or
             // wake the engine (the request may still be served by a larger class, but
-            // this class needs memory).
-            None if dip_reserve => {
-                if let Some(p) = self.adopt(class) {
+            // this class needs memory). A request that may wait leaves the last blank
+            // shells to atomic ones.
+            None if need != Need::Stock => {
+                let spare = need == Need::Atomic || self.blank_shells() > self.blank_protected();
+                if let Some(p) = spare.then(|| self.adopt(class)).flatten() {
                     p
                 } else {
                     self.platform.wake_refill();
@@ -543,6 +585,13 @@ impl<P: Platform> PoolSet<P> {
             self.platform.wake_refill();
         }
         Some(p.buf)
+    }
+
+    /// Blank shells only atomic maps may reshape: a quarter of the floor's minimum
+    /// (at least one), so maps that can wait never take the memory that maps which
+    /// cannot are left with while the engine converts more.
+    fn blank_protected(&self) -> usize {
+        self.blank_min.div_ceil(4)
     }
 
     /// Whether class `i`'s chunks are shells.
@@ -594,13 +643,13 @@ impl<P: Platform> PoolSet<P> {
 
     /// Takes a free buffer of a class larger than `class` for a request whose own class
     /// is empty: first above each larger class's emergency reserve, smallest first,
-    /// then from the reserves themselves. Larger classes are aligned at least as much,
-    /// so any of them holds the request. `None` only when no larger class has a free
-    /// buffer at all.
+    /// then (for [`Need::Atomic`] only) from the reserves themselves. Larger classes are
+    /// aligned at least as much, so any of them holds the request. For an atomic map,
+    /// `None` only when no larger class has a free buffer at all.
     ///
     /// # Context
     /// Any context; never sleeps, allocates or converts.
-    pub fn pop_larger(&self, class: usize) -> Option<FreeBuffer> {
+    pub fn pop_larger(&self, class: usize, need: Need) -> Option<FreeBuffer> {
         let larger = class + 1..self.table.len();
         let pop = |c: usize, dip: bool| {
             let p = self.pools[c].pop_for(dip, false)?;
@@ -609,7 +658,13 @@ impl<P: Platform> PoolSet<P> {
             }
             Some(p.buf)
         };
-        larger.clone().find_map(|c| pop(c, false)).or_else(|| larger.into_iter().find_map(|c| pop(c, true)))
+        larger.clone().find_map(|c| pop(c, false)).or_else(|| {
+            if need == Need::Atomic {
+                larger.into_iter().find_map(|c| pop(c, true))
+            } else {
+                None
+            }
+        })
     }
 
     /// Gives an unmapped buffer back to its pool.
@@ -979,14 +1034,30 @@ impl<P: Platform> PoolSet<P> {
 
     /// The most pages carved over the recent window (two buckets of half the idle time)
     /// as a run at `now` sees it: once the current bucket has ended, its predecessor
-    /// leaves the window.
+    /// leaves the window. Never below the held peak ([`PoolSet::held_peak_after`]).
     fn carved_window_peak(&self, now: u64) -> usize {
         let cur = self.carved_peak[0].load(Ordering::Relaxed);
         let bucket = (self.idle_ns / 2).max(1);
         if now.saturating_sub(self.carved_bucket.load(Ordering::Relaxed)) >= bucket {
-            cur.max(self.carved_pages())
+            cur.max(self.carved_pages()).max(self.held_peak_after(cur))
         } else {
-            cur.max(self.carved_peak[1].load(Ordering::Relaxed))
+            cur.max(self.carved_peak[1].load(Ordering::Relaxed)).max(self.held_peak.load(Ordering::Relaxed))
+        }
+    }
+
+    /// The held peak once a bucket whose peak was `closed` pages ends: a steady load's
+    /// buckets peak a little above or below each other, and converting back what the
+    /// last bucket did not need only to convert it again at the next high is the
+    /// shrink/grow oscillation. So the peak of earlier buckets is held while every
+    /// bucket since reached at least three quarters of it, and released by the first
+    /// bucket below that (the load fell or ended: memory goes back one idle time later,
+    /// as without the hold).
+    fn held_peak_after(&self, closed: usize) -> usize {
+        let held = self.held_peak.load(Ordering::Relaxed);
+        if closed.saturating_mul(4) >= held.saturating_mul(3) {
+            held.max(closed)
+        } else {
+            closed
         }
     }
 
@@ -997,6 +1068,7 @@ impl<P: Platform> PoolSet<P> {
         if now.saturating_sub(self.carved_bucket.load(Ordering::Relaxed)) >= bucket {
             let cur = self.carved_peak[0].swap(carved, Ordering::Relaxed);
             self.carved_peak[1].store(cur, Ordering::Relaxed);
+            self.held_peak.store(self.held_peak_after(cur), Ordering::Relaxed);
             self.carved_bucket.store(now, Ordering::Relaxed);
         } else {
             self.carved_peak[0].fetch_max(carved, Ordering::Relaxed);

@@ -5,7 +5,7 @@
 
 use bounce_framework::sim::{count_allocations, CountingAlloc, PlatformKind, SimConfig, SimGuest};
 use bounce_framework::PAGE_SIZE;
-use bounce_refill::{FreeBuffer, PoolConfig, PoolSet, StepRunner};
+use bounce_refill::{FreeBuffer, Need, PoolConfig, PoolSet, StepRunner};
 
 #[global_allocator]
 static GLOBAL: CountingAlloc = CountingAlloc;
@@ -39,7 +39,7 @@ fn an_empty_class_reshapes_a_blank_shell_on_the_map_path_without_allocating_or_c
     // Take every ready 4 KiB buffer: the class is empty now.
     let mut held: Vec<FreeBuffer> = Vec::new();
     while s.pool(C4K).ready() > 0 {
-        held.push(s.pop(C4K, true).unwrap());
+        held.push(s.pop(C4K, Need::Atomic).unwrap());
     }
     held.reserve(4096);
     let calls = s.shared().stats().calls();
@@ -47,7 +47,7 @@ fn an_empty_class_reshapes_a_blank_shell_on_the_map_path_without_allocating_or_c
     let (got, allocs) = count_allocations(|| {
         let mut n = 0;
         for _ in 0..256 {
-            if let Some(b) = s.pop(C4K, true) {
+            if let Some(b) = s.pop(C4K, Need::Atomic) {
                 held.push(b);
                 n += 1;
             }
@@ -70,6 +70,38 @@ fn an_empty_class_reshapes_a_blank_shell_on_the_map_path_without_allocating_or_c
 }
 
 #[test]
+fn maps_that_may_wait_leave_the_last_blank_shells_to_atomic_maps() {
+    let g = guest();
+    // A cap the boot floor nearly fills: nothing grows, so the blank shells are all.
+    let s = set(&g, 16 << 20, 1000);
+    let blanks = s.blank_shells();
+    assert!(blanks > 1);
+    // Stocking a cache never reshapes a shell: the unused 4 KiB class stays empty.
+    assert!(s.pop(C4K, Need::Stock).is_none());
+    assert_eq!(s.blank_shells(), blanks);
+    // Maps that may wait (256 KiB, no larger class in use) take blank shells until only
+    // the protected ones are left, then get nothing: they wait, the engine grows.
+    let mut held = Vec::new();
+    while let Some(b) = s.pop(C256K, Need::Waitable).or_else(|| s.pop_larger(C256K, Need::Waitable)) {
+        held.push(b);
+    }
+    let protected = s.blank_shells();
+    assert!(protected >= 1, "a map that may wait took the last blank shell");
+    assert!(s.counters(C256K).misses > 0);
+    // An atomic map of another class still finds a shell and is served.
+    let calls = s.shared().stats().calls();
+    let b = s.pop(C4K, Need::Atomic).expect("an atomic map reshapes a protected shell");
+    assert_eq!(s.blank_shells(), protected - 1);
+    assert_eq!(s.shared().stats().calls(), calls, "the map path converted");
+    held.push(b);
+    for b in held {
+        s.push(b);
+    }
+    s.audit().unwrap();
+    g.assert_no_violations();
+}
+
+#[test]
 fn a_request_fails_only_when_no_free_shared_buffer_of_a_fitting_size_is_left() {
     let g = guest();
     // A cap that the boot floor nearly fills: nothing can grow.
@@ -78,13 +110,13 @@ fn a_request_fails_only_when_no_free_shared_buffer_of_a_fitting_size_is_left() {
     assert!(cap_room < 16 << 20);
     // The 512 KiB and 4 KiB classes in use (free buffers), as after their first maps.
     for c in [C256K + 1, C4K] {
-        let first = s.pop(c, true).unwrap();
+        let first = s.pop(c, Need::Atomic).unwrap();
         s.push(first);
     }
     // 256 KiB requests: the class, then blank shells, then the 512 KiB class.
     let mut held = Vec::new();
     loop {
-        let b = s.pop(C256K, true).or_else(|| s.pop_larger(C256K));
+        let b = s.pop(C256K, Need::Atomic).or_else(|| s.pop_larger(C256K, Need::Atomic));
         match b {
             Some(b) => held.push(b),
             None => break,
@@ -98,7 +130,7 @@ fn a_request_fails_only_when_no_free_shared_buffer_of_a_fitting_size_is_left() {
     assert!(s.pool(C4K).ready() > 0);
     assert!(s.counters(C256K).misses > 0);
     // A 4 KiB request is still served (from its own class).
-    let small = s.pop(C4K, true).unwrap();
+    let small = s.pop(C4K, Need::Atomic).unwrap();
     s.push(small);
     for b in held {
         s.push(b);
@@ -118,13 +150,13 @@ fn memory_follows_a_demand_step_and_returns_to_the_boot_floor_after_the_idle_tim
     // A demand step beyond the floor: 6000 buffers of 4 KiB (23.4 MiB) held.
     let mut held = Vec::new();
     for _ in 0..6000 {
-        if let Some(b) = s.pop(C4K, true) {
+        if let Some(b) = s.pop(C4K, Need::Atomic) {
             held.push(b);
         } else {
             // The engine catches up between bursts of maps.
             run.advance_ms(1);
             run.step();
-            held.push(s.pop(C4K, true).expect("served after the engine ran"));
+            held.push(s.pop(C4K, Need::Atomic).expect("served after the engine ran"));
         }
     }
     run.advance_ms(5);
@@ -173,14 +205,16 @@ fn a_steady_rate_stops_converting_after_warm_up() {
             }
             let c = classes[k % classes.len()];
             k += 1;
-            let b = s.pop(c, true).or_else(|| s.pop_larger(c));
+            let b = s.pop(c, Need::Atomic).or_else(|| s.pop_larger(c, Need::Atomic));
             let b = match b {
                 Some(b) => b,
                 // Warm-up: the ring fills faster than one engine run per step; the engine
                 // catches up. After it, a miss fails the test.
                 None if step < 200 => {
                     run.step();
-                    s.pop(c, true).or_else(|| s.pop_larger(c)).expect("served once the engine ran")
+                    s.pop(c, Need::Atomic)
+                        .or_else(|| s.pop_larger(c, Need::Atomic))
+                        .expect("served once the engine ran")
                 }
                 None => panic!("step {step}: a steady ring failed a map"),
             };

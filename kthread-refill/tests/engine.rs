@@ -2,7 +2,7 @@
 
 use bounce_framework::sim::{PageState, PlatformKind, SimConfig, SimGuest};
 use bounce_framework::{PhysAddr, Platform, ReleaseError, PAGE_SIZE};
-use bounce_refill::{ClassSpec, FreeBuffer, PoolConfig, PoolSet, StepRunner};
+use bounce_refill::{ClassSpec, FreeBuffer, Need, PoolConfig, PoolSet, StepRunner};
 
 fn guest() -> SimGuest {
     SimGuest::new(SimConfig::new(PlatformKind::Tdx, 64 << 20, 2))
@@ -22,7 +22,7 @@ fn one_class(target: usize, idle_ms: u64) -> PoolConfig {
 }
 
 fn pop_n(set: &PoolSet<SimGuest>, n: usize) -> Vec<FreeBuffer> {
-    (0..n).map(|i| set.pop(0, true).unwrap_or_else(|| panic!("pop {i} found nothing"))).collect()
+    (0..n).map(|i| set.pop(0, Need::Atomic).unwrap_or_else(|| panic!("pop {i} found nothing"))).collect()
 }
 
 #[test]
@@ -91,7 +91,7 @@ fn a_batch_costs_exactly_one_conversion_call() {
             assert_eq!(hw2.encrypt_calls, hw.encrypt_calls);
         }
         // Every buffer is aligned as the class promises, in shared memory.
-        let bufs: Vec<_> = (0..c.chunk_buffers).map(|_| set.pop(class, true).unwrap()).collect();
+        let bufs: Vec<_> = (0..c.chunk_buffers).map(|_| set.pop(class, Need::Atomic).unwrap()).collect();
         for b in &bufs {
             assert!(b.addr().is_aligned(c.align as u64), "{b:?} not aligned to {}", c.align);
             assert!(g.range_is(b.addr(), b.size(), PageState::Shared));
@@ -118,7 +118,7 @@ fn shrink_returns_idle_memory_and_converts_it_back() {
     // Demand of 40 buffers: the engine keeps 16 free on top, so 4 chunks of 16 (64).
     let mut held = Vec::new();
     for _ in 0..40 {
-        held.push(set.pop(0, true).unwrap());
+        held.push(set.pop(0, Need::Atomic).unwrap());
         run.run_until_idle(10);
     }
     assert_eq!(set.counters(0).chunks, 4);
@@ -166,13 +166,13 @@ fn conversion_failure_during_refill_quarantines_exactly_that_batch() {
     assert_eq!(set.shared().stats().quarantined_pages, 32);
     assert_eq!(g.stats().unknown_pages, 32, "exactly the failed batch is in an unknown state");
     assert_eq!(set.shared().shared_bytes(), 0);
-    assert!(set.pop(0, true).is_none());
+    assert!(set.pop(0, Need::Atomic).is_none());
     // Retried after the back-off, and the pool works.
     assert!(!set.pending(run.now()), "waits before retrying");
     run.advance_ms(10);
     let r = run.run_until_idle(10);
     assert_eq!(r.buffers_added, 32);
-    let b = set.pop(0, true).unwrap();
+    let b = set.pop(0, Need::Atomic).unwrap();
     assert!(g.range_is(b.addr(), 4096, PageState::Shared));
     set.push(b);
     let a = set.audit().unwrap();
@@ -204,7 +204,7 @@ fn conversion_failure_during_shrink_quarantines_exactly_that_chunk() {
     assert_eq!(set.shared().stats().quarantined_pages, 16);
     assert_eq!(set.counters(0).chunks, 1);
     // The remaining chunk serves; the quarantined one is not in the index any more.
-    let b = set.pop(0, true).unwrap();
+    let b = set.pop(0, Need::Atomic).unwrap();
     set.push(b);
     let a = set.audit().unwrap();
     assert_eq!(a.totals.chunks, 1);
@@ -256,7 +256,7 @@ fn cap_bounds_growth_and_idle_memory_makes_room() {
 }
 
 fn pop_n_class(set: &PoolSet<SimGuest>, class: usize, n: usize) -> Vec<FreeBuffer> {
-    (0..n).map(|_| set.pop(class, true).unwrap()).collect()
+    (0..n).map(|_| set.pop(class, Need::Atomic).unwrap()).collect()
 }
 
 #[test]
@@ -277,7 +277,7 @@ fn pressure_boosts_the_watermarks_and_calm_lowers_them() {
     assert_eq!(set.pool(0).ready(), 2 + 32);
     // An empty pool: a miss is pressure too.
     let more = pop_n(&set, 34);
-    assert!(set.pop(0, true).is_none());
+    assert!(set.pop(0, Need::Atomic).is_none());
     run.run_until_idle(10);
     assert_eq!(set.pool(0).boost(), 2);
     assert_eq!(set.pool(0).ready(), 64);
@@ -303,7 +303,7 @@ fn commit_release_and_locate_anywhere_inside() {
     let g = guest();
     let set = PoolSet::new(g.clone(), &one_class(8, 1000)).unwrap();
     set.fill(0, 8).unwrap();
-    let b = set.pop(0, true).unwrap();
+    let b = set.pop(0, Need::Atomic).unwrap();
     let buf = b.addr();
     let tlb = set.commit(b, PhysAddr(0x12_3234), 0x234, 1000);
     assert_eq!(tlb, buf + 0x234);
@@ -335,7 +335,7 @@ fn audit_reports_held_buffers_and_catches_counter_drift() {
     let g = guest();
     let set = PoolSet::new(g.clone(), &one_class(8, 1000)).unwrap();
     set.fill(0, 8).unwrap();
-    let b = set.pop(0, true).unwrap();
+    let b = set.pop(0, Need::Atomic).unwrap();
     let a = set.audit().unwrap();
     assert_eq!((a.totals.held, a.totals.free, a.totals.in_flight), (1, 7, 0));
     set.push(b);

@@ -297,6 +297,8 @@ pub struct SimStats {
     pub shared_copy_calls: u64,
     /// Refill wake-ups requested.
     pub wakeups: u64,
+    /// [`Platform::sleep`] calls (only `DMA_ATTR_MAY_BLOCK` maps sleep).
+    pub sleeps: u64,
 }
 
 struct PageAllocator {
@@ -361,6 +363,7 @@ struct Inner {
     bytes_out_of_shared: AtomicU64,
     shared_copy_calls: AtomicU64,
     wakeups: AtomicU64,
+    sleeps: AtomicU64,
     wake_pending: AtomicBool,
     wake_lock: Mutex<()>,
     wake_cv: Condvar,
@@ -444,6 +447,7 @@ impl SimGuest {
             bytes_out_of_shared: AtomicU64::new(0),
             shared_copy_calls: AtomicU64::new(0),
             wakeups: AtomicU64::new(0),
+            sleeps: AtomicU64::new(0),
             wake_pending: AtomicBool::new(false),
             wake_lock: Mutex::new(()),
             wake_cv: Condvar::new(),
@@ -577,6 +581,7 @@ impl SimGuest {
             bytes_out_of_shared: i.bytes_out_of_shared.load(Ordering::Relaxed),
             shared_copy_calls: i.shared_copy_calls.load(Ordering::Relaxed),
             wakeups: i.wakeups.load(Ordering::Relaxed),
+            sleeps: i.sleeps.load(Ordering::Relaxed),
         }
     }
 
@@ -905,6 +910,12 @@ impl Platform for SimGuest {
         if !self.inner.wake_pending.swap(true, Ordering::SeqCst) {
             self.inner.wake_cv.notify_one();
         }
+    }
+
+    fn sleep(&self, ns: u64) -> bool {
+        self.inner.sleeps.fetch_add(1, Ordering::Relaxed);
+        std::thread::sleep(std::time::Duration::from_nanos(ns));
+        true
     }
 
     fn log(&self, level: LogLevel, args: fmt::Arguments<'_>) {

@@ -233,9 +233,39 @@ static int map_retry(struct env *e, const struct bounce_device *d, uint64_t phys
 	return rc;
 }
 
+/*
+ * The sleep hook, called only for maps passed BOUNCE_DMA_ATTR_MAY_BLOCK that found no
+ * free buffer. While `sleeper.e` is set it stands for another CPU that unmaps the
+ * `sleeper.n` mappings at `sleeper.dmas` (and zeroes them) while the mapper sleeps.
+ */
+static struct sleeper {
+	struct env *e;
+	uint64_t *dmas;
+	int n;
+	size_t size;
+	int calls;
+} sleeper;
+
+static void test_sleep(void *ctx, uint64_t ns)
+{
+	(void)ctx;
+	(void)ns;
+	sleeper.calls++;
+	if (!sleeper.e)
+		return;
+	for (int i = 0; i < sleeper.n; i++) {
+		int rc = bounce_unmap_single(sleeper.e->b, &sleeper.e->net, sleeper.dmas[i], sleeper.size,
+					     BOUNCE_DMA_TO_DEVICE, 0);
+		CHECK(rc == 0, "unmap from the sleep hook -> %d", rc);
+		sleeper.dmas[i] = 0;
+	}
+	sleeper.n = 0;
+}
+
 static int create(struct env *e, const char *cmdline, uint32_t flags)
 {
 	struct bounce_hooks h = guest_hooks(&e->g);
+	h.sleep = test_sleep;
 	return bounce_create(cmdline, &h, flags, &e->b, e->err, sizeof(e->err));
 }
 
@@ -640,7 +670,7 @@ static void test_exhaustion(struct env *e)
 {
 	enum { MAXN = 8192 };
 	const size_t size = 64 * KIB;
-	uint64_t *dmas = calloc(MAXN, sizeof(*dmas)), orig = guest_alloc_private(&e->g, size);
+	uint64_t *dmas = calloc(MAXN + 1, sizeof(*dmas)), orig = guest_alloc_private(&e->g, size);
 	int n = 0, rc = 0;
 
 	fill_pattern(guest_ptr(&e->g, orig, size), size, 9);
@@ -663,12 +693,28 @@ static void test_exhaustion(struct env *e)
 	note_rc(e, rc);
 	struct bounce_stats still = stats(e);
 	CHECK(still.used_bytes == full.used_bytes, "failed map changed used bytes");
+	CHECK(still.blocked_maps == 0 && sleeper.calls == 0, "an atomic map slept");
+	/* BOUNCE_DMA_ATTR_MAY_BLOCK: the map sleeps instead of failing; another CPU (the
+	 * sleep hook) unmaps meanwhile, and the next try is served */
+	sleeper = (struct sleeper){ .e = e, .dmas = dmas, .n = n / 2, .size = size };
+	rc = bounce_map_single(e->b, &e->net, orig, size, 0, BOUNCE_DMA_TO_DEVICE, BOUNCE_DMA_ATTR_MAY_BLOCK,
+			       &dmas[n]);
+	CHECK(rc == 0, "MAY_BLOCK map on a full pool -> %d: %s", rc, last_err(e));
+	CHECK(sleeper.calls >= 1 && sleeper.n == 0, "the MAY_BLOCK map did not sleep (%d calls)", sleeper.calls);
+	atomic_fetch_add(&e->exp_maps, 1);
+	n++;
+	struct bounce_stats waited = stats(e);
+	CHECK(waited.blocked_maps == 1 && waited.blocked_ns > 0, "blocked maps %llu, %llu ns",
+	      (unsigned long long)waited.blocked_maps, (unsigned long long)waited.blocked_ns);
+	sleeper = (struct sleeper){ 0 };
 	for (int i = 0; i < n; i++) {
+		if (!dmas[i])
+			continue; /* unmapped by the sleep hook */
 		rc = bounce_unmap_single(e->b, &e->net, dmas[i], size, BOUNCE_DMA_TO_DEVICE, 0);
 		CHECK(rc == 0, "unmap %d -> %d", i, rc);
 	}
 	struct bounce_stats s = stats(e);
-	CHECK(s.io_tlb_used_hiwater >= (uint64_t)n * (size / 2048), "hiwater %llu after %d x 64 KiB",
+	CHECK(s.io_tlb_used_hiwater >= (uint64_t)(n - 1) * (size / 2048), "hiwater %llu after %d x 64 KiB",
 	      (unsigned long long)s.io_tlb_used_hiwater, n);
 	CHECK(bounce_reset_hiwater(e->b) == 0, "reset hiwater");
 	s = stats(e);

@@ -35,10 +35,10 @@
 //! | `swiotlb.dynamic.classes=<size>:<target>[:<low>[:<high>]],...` | size classes (power-of-two sizes, K/M suffixes, the largest at least 8 KiB so a page maps at any `min_align_mask` offset); under `demand` the target is the class's floor of free buffers | `512:512,1K:256,2K:128,4K:64,8K:32,16K:16,32K:8,64K:4,128K:2,256K:1,512K:1` (`bounce_refill::DEFAULT_CLASSES`) |
 //! | `swiotlb.dynamic.cap=<size>` | cap on committed shared memory | `swiotlb=<slots>` × 2 KiB when given, else min(RAM / 4, 1 GiB) |
 //! | `swiotlb.dynamic.chunk=<size>` | `demand`: the shell size, every class's chunk (a free shell moves between classes on the map path) | 512 KiB |
-//! | `swiotlb.dynamic.stock=<size>` | `demand`: the shared-memory floor (at most a quarter of the cap): what stays shared when idle, as blank shells any class takes on the map path; a quarter of it always waits blank; 0 selects the seed's layout | 16 MiB |
+//! | `swiotlb.dynamic.stock=<size>` | `demand`: the shared-memory floor (at most a quarter of the cap): what stays shared when idle, as blank shells any class takes on the map path; an eighth of it always waits blank (the last of those only for maps that cannot wait); 0 selects the seed's layout | 16 MiB |
 //! | `swiotlb.dynamic.headroom=<percent>` | `demand`: free buffers a class keeps on top of what is out, in % of it (besides its floor) | 0 |
 //! | `swiotlb.dynamic.batch=<pages>` | `seed`: pages per conversion batch (chunk) | 1024 (`MAX_ORDER_NR_PAGES`) |
-//! | `swiotlb.dynamic.idle_ms=<ms>` | idle time before memory beyond what the recent peak needs is converted back (class chunks go back to the blank shells after a tenth of it) | 1000 |
+//! | `swiotlb.dynamic.idle_ms=<ms>` | idle time before memory beyond what the recent peak needs is converted back (class chunks go back to the blank shells after a fiftieth of it) | 1000 |
 //! | `swiotlb.dynamic.reserve=<percent>` | emergency reserve per class, % of its target (0–50) | `demand`: 0, `seed`: 10 |
 //! | `swiotlb.dynamic.limit=<size>` | pool pages must lie below this address | none |
 //! | `swiotlb.dynamic.fallback=on\|off` | let a request use a larger class when its own is empty (above that class's reserve first, then its reserve) | on |
@@ -59,7 +59,7 @@ use bounce_framework::{
     AuditError, AuditReport, BackgroundReport, BootConfig, Device, InitError, Located, MapError, PhysAddr, Platform,
     PoolStats, ReleaseError, Released, Request, Reservation, Strategy,
 };
-use bounce_refill::{PoolConfig, PoolCounters, PoolSet, SizeClass};
+use bounce_refill::{Need, PoolConfig, PoolCounters, PoolSet, SizeClass};
 
 pub use bounce_refill;
 
@@ -220,10 +220,11 @@ impl<P: Platform> Strategy for Dynamic<P> {
 
     fn reserve(&self, req: &Request) -> Result<Reservation, MapError> {
         let choice = self.pools.table().choose(req)?;
-        let mut buf = self.pools.pop(choice.class, true);
+        let need = Need::of(req);
+        let mut buf = self.pools.pop(choice.class, need);
         if buf.is_none() && self.fallback {
             // Larger classes are aligned at least as much and hold the request too.
-            buf = self.pools.pop_larger(choice.class);
+            buf = self.pools.pop_larger(choice.class, need);
             if buf.is_some() {
                 self.fallbacks.fetch_add(1, Ordering::Relaxed);
             }

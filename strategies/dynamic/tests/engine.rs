@@ -268,6 +268,7 @@ fn cap_is_a_hard_bound_and_reported() {
         min_align_mask: 0,
         dma_mask: u64::MAX,
         cpu: 0,
+        may_block: false,
     };
     let mut live = Vec::new();
     let err = loop {

@@ -30,6 +30,7 @@ fn request(size: usize, min_align_mask: u64) -> Request {
         min_align_mask,
         dma_mask: u64::MAX,
         cpu: 0,
+        may_block: false,
     }
 }
 

@@ -30,7 +30,16 @@ fn pool(nslabs: usize, nareas: usize) -> Legacy<SimGuest> {
 }
 
 fn req(orig: u64, size: usize, alloc_align_mask: u64, min_align_mask: u64, cpu: usize) -> Request {
-    Request { orig: PhysAddr(orig), size, alloc_size: size, alloc_align_mask, min_align_mask, dma_mask: u64::MAX, cpu }
+    Request {
+        orig: PhysAddr(orig),
+        size,
+        alloc_size: size,
+        alloc_align_mask,
+        min_align_mask,
+        dma_mask: u64::MAX,
+        cpu,
+        may_block: false,
+    }
 }
 
 fn map(l: &Legacy<SimGuest>, r: &Request) -> u64 {

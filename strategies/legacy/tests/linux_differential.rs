@@ -327,6 +327,7 @@ fn rust_port_matches_linux_c_code() {
                 min_align_mask: mam,
                 dma_mask: u64::MAX,
                 cpu,
+                may_block: false,
             };
             let _ = writeln!(script, "m {cpu} {orig:x} {size} {aam:x} {mam:x}");
             if let Ok(res) = l.reserve(&r) {

@@ -56,6 +56,7 @@ fn request(size: usize, cpu: usize) -> Request {
         min_align_mask: 0,
         dma_mask: u64::MAX,
         cpu,
+        may_block: false,
     }
 }
 

@@ -2,11 +2,12 @@
 //!
 //! | parameter | meaning | default | why |
 //! |---|---|---|---|
-//! | `classes=<size>:<target>[:<low>[:<high>]],...` | size classes and refill watermarks (the refill engine's, as `swiotlb.dynamic.classes`; the largest at least 8 KiB) | the seed's `512:256,2K:16384,4K:8192,16K:1024,512K:32` | the cc-swiotlb classes cover 96 % of boot mappings (SPEC §5) |
+//! | `preset=demand\|seed`, `chunk=`, `stock=`, `headroom=` | the refill engine's policy, as `swiotlb.dynamic.*` (one implementation: `bounce_refill::PoolConfig`) | `demand` | see the dynamic strategy |
+//! | `classes=<size>:<target>[:<low>[:<high>]],...` | size classes and refill watermarks (the refill engine's, as `swiotlb.dynamic.classes`; the largest at least 8 KiB) | `demand`: powers of two from 512 B to 512 KiB (`bounce_refill::DEFAULT_CLASSES`); `seed`: `512:256,2K:16384,4K:8192,16K:1024,512K:32` | the 17–256 KiB range NVMe and virtio-blk use needs classes of its own; the seed's classes cover 96 % of boot mappings (SPEC §5) |
 //! | `cap=<size>` | cap on committed shared memory | `swiotlb=<slots>` × 2 KiB when given, else min(RAM / 4, 1 GiB) | as the dynamic strategy |
 //! | `batch=<pages>` | pages per conversion batch | 1024 | `MAX_ORDER_NR_PAGES`: one conversion call per batch |
 //! | `idle_ms=<ms>` | idle time before pool memory above the high watermark is converted back | 1000 | as the dynamic strategy |
-//! | `reserve=<percent>` | emergency reserve per class (% of its target), never stocked into magazines | 10 | as the dynamic strategy |
+//! | `reserve=<percent>` | emergency reserve per class (% of its target), never stocked into magazines | `demand`: 0, `seed`: 10 | as the dynamic strategy |
 //! | `limit=<size>` | pool pages must lie below this address | none | 32-bit devices |
 //! | `fallback=on\|off` | a request whose class is exhausted everywhere may use a larger class | on | as the dynamic strategy |
 //! | `rounds=<n>` or `<n>,<n>,...` | magazine size at boot, for every class or per class | per class: ¼ of `max_rounds` (32, 32, 16, 4, 1 with the seed's classes) | ≈ 64 KiB of buffers per magazine: Bonwick's miss rate is ≤ 1/M, and 16–32 rounds already amortise the depot lock over that many maps; more would park shared memory per CPU |
@@ -16,6 +17,7 @@
 //! | `trim_ms=<ms>` | period of depot trimming (one magazine per class per period) | 100 | IOVA's `IOVA_DEPOT_DELAY` |
 //! | `reap_ms=<ms>` | period of reaping idle CPU caches and unused depot magazines, and of the contention check | 1000 | the refill engine's idle time: reaped buffers become shrinkable one `idle_ms` later |
 //! | `contention=<n>` | depot-lock `try_lock` failures per reap period that double a class's magazine size | 3 | Solaris' `kmem_depot_contention` |
+//! | `cache_max=<size>` | the largest class the magazines cache; larger classes map and unmap straight through the pools, as the dynamic strategy does | 16 KiB (`preset=demand`), every class (`preset=seed`) | a buffer above 16 KiB takes over a microsecond to copy, so a pool lock (≈ 50 ns) adds a few percent to its map, while the large classes' magazines parked ≈ 3 MiB of shared memory on `mixed` (2 threads). `bounce compare -s magazine -w mixed --threads 2`, three runs each: every class cached 37.8–40.3 MiB peak shared, up to 64 KiB 36.6–38.0 MiB, up to 16 KiB 35.7–36.4 MiB, for 22 MiB in flight, maps/s unchanged within the noise |
 
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -37,6 +39,8 @@ pub const DEFAULT_TRIM_MS: u64 = 100;
 pub const DEFAULT_REAP_MS: u64 = 1000;
 /// Default contention threshold (Solaris' `kmem_depot_contention`).
 pub const DEFAULT_CONTENTION: u64 = 3;
+/// Default largest cached class under the demand preset (see the module table).
+pub const DEFAULT_CACHE_MAX: usize = 16 << 10;
 
 /// Magazine sizes: `Vec` forms of `rounds=` / `max_rounds=`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -82,6 +86,9 @@ pub struct MagazineConfig {
     pub reap_ms: u64,
     /// `try_lock` failures per reap period that double a class's magazine size.
     pub contention: u64,
+    /// The largest class the magazines cache; `None`: [`DEFAULT_CACHE_MAX`] under the
+    /// demand preset, every class under the seed's.
+    pub cache_max: Option<usize>,
 }
 
 impl Default for MagazineConfig {
@@ -96,6 +103,7 @@ impl Default for MagazineConfig {
             trim_ms: DEFAULT_TRIM_MS,
             reap_ms: DEFAULT_REAP_MS,
             contention: DEFAULT_CONTENTION,
+            cache_max: None,
         }
     }
 }
@@ -111,6 +119,11 @@ pub fn default_rounds(class_size: usize) -> usize {
 }
 
 impl MagazineConfig {
+    /// The largest class size the magazines cache (see [`MagazineConfig::cache_max`]).
+    pub fn cache_max_bytes(&self) -> usize {
+        self.cache_max.unwrap_or(if self.pools.demand { DEFAULT_CACHE_MAX } else { usize::MAX })
+    }
+
     /// The layer shape for `cpus` CPUs and the resolved `classes`.
     ///
     /// # Errors
@@ -184,6 +197,9 @@ impl MagazineConfig {
         }
         if let Some(n) = params.number("contention", 1, 1 << 20)? {
             cfg.contention = n;
+        }
+        if let Some(n) = params.size("cache_max", 0, 1 << 40)? {
+            cfg.cache_max = Some(n as usize);
         }
         Ok(cfg)
     }

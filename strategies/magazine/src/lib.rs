@@ -78,20 +78,21 @@ use bounce_framework::{
     AuditError, AuditReport, BackgroundReport, BootConfig, Device, InitError, Located, LogLevel, MapError, PhysAddr,
     Platform, PoolStats, ReleaseError, Released, Request, Reservation, Strategy,
 };
-use bounce_refill::{FreeBuffer, PoolSet};
+use bounce_refill::{FreeBuffer, Need, PoolSet};
 
 pub use bounce_refill;
 pub use config::{MagazineConfig, RoundsSetting};
 pub use layer::{Backing, ClassRounds, ClassStats, LayerConfig, MagazineLayer, ReapReport, Source, MAX_ROUNDS};
 pub use rounds::Rounds;
 
-/// The refill engine's pools as the magazines' backing store.
+/// The refill engine's pools as the magazines' backing store, for atomic maps (the
+/// urgent buffer may dip into reserves and reshape any blank shell) and the engine.
 impl<P: Platform> Backing for PoolSet<P> {
     type Buf = FreeBuffer;
 
     #[inline]
     fn take(&self, class: usize, urgent: bool) -> Option<FreeBuffer> {
-        self.pop(class, urgent)
+        self.pop(class, if urgent { Need::Atomic } else { Need::Stock })
     }
 
     #[inline]
@@ -101,6 +102,28 @@ impl<P: Platform> Backing for PoolSet<P> {
 
     fn free_count(&self, class: usize) -> usize {
         self.pool(class).ready()
+    }
+}
+
+/// The pools as the backing store of a map that may wait (`DMA_ATTR_MAY_BLOCK`): its
+/// own buffer is taken as [`Need::Waitable`], leaving reserves to atomic maps.
+struct Waitable<'a, P: Platform>(&'a PoolSet<P>);
+
+impl<P: Platform> Backing for Waitable<'_, P> {
+    type Buf = FreeBuffer;
+
+    #[inline]
+    fn take(&self, class: usize, urgent: bool) -> Option<FreeBuffer> {
+        self.0.pop(class, if urgent { Need::Waitable } else { Need::Stock })
+    }
+
+    #[inline]
+    fn give(&self, class: usize, buf: FreeBuffer) {
+        Backing::give(self.0, class, buf);
+    }
+
+    fn free_count(&self, class: usize) -> usize {
+        Backing::free_count(self.0, class)
     }
 }
 
@@ -126,6 +149,8 @@ pub struct Magazine<P: Platform> {
     platform: P,
     pools: PoolSet<P>,
     layer: MagazineLayer<P::Lock, FreeBuffer>,
+    /// Per class: whether the magazines cache it (its size is at most `cache_max`).
+    cached: Vec<bool>,
     fallback: bool,
     trim_ns: u64,
     reap_ns: u64,
@@ -162,6 +187,7 @@ impl<P: Platform> Magazine<P> {
         "trim_ms",
         "reap_ms",
         "contention",
+        "cache_max",
     ];
 
     /// Builds the strategy from the boot command line (`swiotlb.magazine.*`, and
@@ -194,18 +220,27 @@ impl<P: Platform> Magazine<P> {
             let classes = config.pools.table()?;
             config.layer_config(platform.cpu_count(), classes.classes())?
         };
+        let cache_max = config.cache_max_bytes();
         let MagazineConfig { pools, fallback, trim_ms, reap_ms, .. } = config;
         let pools = PoolSet::new(platform.clone(), &pools)?;
         let layer = MagazineLayer::new(&layer_cfg).map_err(InitError::Config)?;
         pools.fill_reserves()?;
-        for class in 0..layer.class_count() {
+        let cached: Vec<bool> = pools.table().classes().iter().map(|c| c.size <= cache_max).collect();
+        for class in (0..layer.class_count()).filter(|&c| cached[c]) {
             layer.request_fill(class);
         }
-        platform.log(LogLevel::Info, format_args!("bounce: magazine strategy: {}", config::describe(&layer_cfg)));
+        platform.log(
+            LogLevel::Info,
+            format_args!(
+                "bounce: magazine strategy: {}, classes above {cache_max} bytes uncached",
+                config::describe(&layer_cfg)
+            ),
+        );
         Ok(Self {
             platform,
             pools,
             layer,
+            cached,
             fallback,
             trim_ns: trim_ms.saturating_mul(1_000_000),
             reap_ns: reap_ms.saturating_mul(1_000_000),
@@ -305,6 +340,17 @@ impl<P: Platform> Magazine<P> {
             || (Self::period_elapsed(&self.last_reap, now, self.reap_ns) && self.layer.reap_pending())
     }
 
+    /// A free buffer of `class` for `need`: from the magazines (with where it came
+    /// from) when the class is cached, else straight from its pool (source `None`).
+    #[inline]
+    fn alloc(&self, cpu: usize, class: usize, need: Need) -> Option<(FreeBuffer, Option<Source>)> {
+        match (self.cached[class], need) {
+            (true, Need::Waitable) => self.layer.alloc(&Waitable(&self.pools), cpu, class).map(|(b, s)| (b, Some(s))),
+            (true, _) => self.layer.alloc(&self.pools, cpu, class).map(|(b, s)| (b, Some(s))),
+            (false, _) => self.pools.pop(class, need).map(|b| (b, None)),
+        }
+    }
+
     fn refuse(&self, req: &Request, class: usize) -> MapError {
         let c = self.pools.class(class);
         if self.pools.shared().fits_cap(c.chunk_bytes()) {
@@ -332,8 +378,9 @@ impl<P: Platform> Strategy for Magazine<P> {
 
     fn reserve(&self, req: &Request) -> Result<Reservation, MapError> {
         let choice = self.pools.table().choose(req)?;
-        let buf = if let Some((buf, src)) = self.layer.alloc(&self.pools, req.cpu, choice.class) {
-            if matches!(src, Source::Backing | Source::Stolen) {
+        let need = Need::of(req);
+        let buf = if let Some((buf, src)) = self.alloc(req.cpu, choice.class, need) {
+            if matches!(src, Some(Source::Backing | Source::Stolen)) {
                 // The depot was empty: the engine stocks it (and refills the pool).
                 self.platform.wake_refill();
             }
@@ -343,7 +390,7 @@ impl<P: Platform> Strategy for Magazine<P> {
             // A larger class from anywhere it is cached (this CPU, the depot, the pool,
             // other CPUs): larger classes are aligned at least as much.
             let larger = if self.fallback { choice.class + 1..self.pools.table().len() } else { 0..0 };
-            let buf = larger.into_iter().find_map(|c| self.layer.alloc(&self.pools, req.cpu, c).map(|(b, _)| b));
+            let buf = larger.into_iter().find_map(|c| self.alloc(req.cpu, c, need).map(|(b, _)| b));
             if buf.is_some() {
                 self.fallbacks.fetch_add(1, Ordering::Relaxed);
             }
@@ -356,7 +403,11 @@ impl<P: Platform> Strategy for Magazine<P> {
     fn release(&self, addr: PhysAddr) -> Result<Released, ReleaseError> {
         let (buf, rel) = self.pools.release(addr)?;
         let class = buf.class();
-        self.layer.free(&self.pools, self.platform.current_cpu(), class, buf);
+        if self.cached[class] {
+            self.layer.free(&self.pools, self.platform.current_cpu(), class, buf);
+        } else {
+            self.pools.push(buf);
+        }
         Ok(rel)
     }
 

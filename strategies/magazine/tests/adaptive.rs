@@ -37,6 +37,7 @@ fn cfg(target: usize, cap_pages: usize, rounds: usize, max_rounds: usize) -> Mag
         reap_ms: 10_000,
         contention: 3,
         fallback: true,
+        cache_max: None,
     }
 }
 

@@ -17,9 +17,12 @@ fn warm_map_sync_unmap_allocate_nothing_convert_nothing_and_stay_on_the_cpu() {
     let mut cfg = SimConfig::new(PlatformKind::Tdx, 128 << 20, 2);
     cfg.track_copies = true;
     let guest = SimGuest::new(cfg);
-    // The seed's classes with their default targets, under a 64 MiB cap.
+    // The default classes under a 64 MiB cap, every class cached (by default classes
+    // above 16 KiB go straight to the pools, whose map path the dynamic strategy's
+    // zero-allocation test covers): every warm map below must hit this CPU's magazines.
     let mcfg = MagazineConfig {
         pools: PoolConfig { cap_bytes: Some(64 << 20), ..PoolConfig::default() },
+        cache_max: Some(usize::MAX),
         ..Default::default()
     };
     let s = Magazine::new(guest.clone(), mcfg).unwrap();
