@@ -171,8 +171,9 @@ fn memory_follows_a_demand_step_and_returns_to_the_boot_floor_after_the_idle_tim
     run.run_until_idle(100);
     assert!(shared(&s) > floor, "nothing returned before idle_ms");
     // ... and after it, memory returns to the floor (classes back to one chunk each,
-    // the blank shells to their keep).
-    for _ in 0..10 {
+    // the blank shells to their keep): within twice the idle time of the end, the
+    // demand window (two buckets of half the idle time) included.
+    for _ in 0..4 {
         run.advance_ms(100);
         run.run_until_idle(100);
     }
