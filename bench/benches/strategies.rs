@@ -31,16 +31,7 @@ const SIZES: [usize; 3] = [64, 1500, 4096];
 const SCRUB_SIZES: [usize; 3] = [512, 4096, 64 << 10];
 
 fn request(orig: PhysAddr, size: usize, cpu: usize) -> Request {
-    Request {
-        orig,
-        size,
-        alloc_size: size,
-        alloc_align_mask: 0,
-        min_align_mask: 0,
-        dma_mask: u64::MAX,
-        cpu,
-        may_block: false,
-    }
+    Request::new(orig, size, cpu)
 }
 
 struct Benches<'a> {

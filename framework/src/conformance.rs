@@ -354,13 +354,10 @@ pub fn map_sg_all_or_nothing<S: Strategy>(make: &dyn Fn(&SimGuest) -> S) {
     e.check();
 }
 
-/// Mapping until the pool is exhausted returns an error (never hangs), and unmapping
-/// restores service.
-pub fn exhaustion_is_an_error<S: Strategy>(make: &dyn Fn(&SimGuest) -> S) {
-    let e = env(make);
-    let size = 64 * 1024;
-    let orig = e.buffer(size, 0, 8);
-    let used = e.used();
+/// Maps `size` bytes of `orig` for the net device (atomic, `DMA_TO_DEVICE`) until a map
+/// fails; returns the live mappings and the error, which must say the pool is exhausted
+/// or capped.
+fn exhaust<S: Strategy>(e: &Env<S>, orig: PhysAddr, size: usize) -> (Vec<DmaAddr>, MapError) {
     let mut live = Vec::new();
     let err = loop {
         assert!(live.len() < 4096, "no exhaustion after mapping 256 MiB: the suite expects pools under 32 MiB");
@@ -370,6 +367,17 @@ pub fn exhaustion_is_an_error<S: Strategy>(make: &dyn Fn(&SimGuest) -> S) {
         }
     };
     assert!(matches!(err.reason(), FailureReason::Exhausted | FailureReason::Cap), "unexpected error {err}");
+    (live, err)
+}
+
+/// Mapping until the pool is exhausted returns an error (never hangs), and unmapping
+/// restores service.
+pub fn exhaustion_is_an_error<S: Strategy>(make: &dyn Fn(&SimGuest) -> S) {
+    let e = env(make);
+    let size = 64 * 1024;
+    let orig = e.buffer(size, 0, 8);
+    let used = e.used();
+    let (mut live, err) = exhaust(&e, orig, size);
     assert!(!err.to_string().is_empty());
     assert!(!live.is_empty(), "the pool could not serve a single 64 KiB mapping");
     for d in live.drain(..) {
@@ -392,15 +400,7 @@ pub fn may_block_waits_for_an_unmap<S: Strategy + 'static>(make: &dyn Fn(&SimGue
     let e = env(make);
     let size = 64 * 1024;
     let orig = e.buffer(size, 0, 9);
-    let mut live = Vec::new();
-    let err = loop {
-        assert!(live.len() < 4096, "no exhaustion after mapping 256 MiB: the suite expects pools under 32 MiB");
-        match e.bouncer.map_single(e.net.device(), orig, size, DmaDirection::ToDevice, DmaAttrs::empty()) {
-            Ok(d) => live.push(d),
-            Err(err) => break err,
-        }
-    };
-    assert!(matches!(err.reason(), FailureReason::Exhausted | FailureReason::Cap), "unexpected error {err}");
+    let (mut live, _) = exhaust(&e, orig, size);
     assert_eq!(e.guest.stats().sleeps, 0, "an atomic map slept");
     assert_eq!(e.bouncer.stats().blocked_maps, 0);
     // Another CPU unmaps half of the mappings a little later.

@@ -38,6 +38,23 @@ pub struct Request {
     pub may_block: bool,
 }
 
+impl Request {
+    /// A plain request: `size` bytes of `orig` on `cpu`, no alignment requirement, a
+    /// 64-bit device, atomic. Set other fields with struct update syntax.
+    pub const fn new(orig: PhysAddr, size: usize, cpu: usize) -> Self {
+        Self {
+            orig,
+            size,
+            alloc_size: size,
+            alloc_align_mask: 0,
+            min_align_mask: 0,
+            dma_mask: u64::MAX,
+            cpu,
+            may_block: false,
+        }
+    }
+}
+
 /// A reserved buffer: the physical address the original's first byte is copied to
 /// (`tlb_addr`: padding for `min_align_mask` already applied).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

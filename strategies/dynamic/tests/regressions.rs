@@ -11,16 +11,7 @@ fn env() -> Env<bounce_dynamic::Dynamic<SimGuest>> {
 }
 
 fn req(orig: PhysAddr, size: usize, min_align_mask: u64) -> Request {
-    Request {
-        orig,
-        size,
-        alloc_size: size,
-        alloc_align_mask: 0,
-        min_align_mask,
-        dma_mask: u64::MAX,
-        cpu: 0,
-        may_block: false,
-    }
+    Request { min_align_mask, ..Request::new(orig, size, 0) }
 }
 
 /// Seed defect 1: a partial sync copied from the wrong source offset. Syncs at several

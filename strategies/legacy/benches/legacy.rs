@@ -22,16 +22,7 @@ fn legacy() -> Legacy<SimGuest> {
 }
 
 fn request(size: usize, min_align_mask: u64) -> Request {
-    Request {
-        orig: PhysAddr(0x1234_0a00),
-        size,
-        alloc_size: size,
-        alloc_align_mask: 0,
-        min_align_mask,
-        dma_mask: u64::MAX,
-        cpu: 0,
-        may_block: false,
-    }
+    Request { min_align_mask, ..Request::new(PhysAddr(0x1234_0a00), size, 0) }
 }
 
 fn pair(c: &mut Criterion) {

@@ -48,16 +48,7 @@ fn legacy() -> Legacy<SimGuest> {
 }
 
 fn request(size: usize, cpu: usize) -> Request {
-    Request {
-        orig: PhysAddr(0x1234_0000),
-        size,
-        alloc_size: size,
-        alloc_align_mask: 0,
-        min_align_mask: 0,
-        dma_mask: u64::MAX,
-        cpu,
-        may_block: false,
-    }
+    Request::new(PhysAddr(0x1234_0000), size, cpu)
 }
 
 #[inline]
