@@ -4,7 +4,7 @@
 # Installs what the route needs (setup.sh: pinned linux-source-6.12, build tools,
 # qemu, Debian's Rust for the no_std library), builds the bounce static library and
 # the patched guest kernel, boots it under qemu once per configuration -- Linux's own
-# swiotlb ("linux"), swiotlb.strategy=legacy|dynamic|magazine, and a bad value
+# swiotlb ("linux"), swiotlb.strategy=<each strategy of `bounce list --names`>, and a bad value
 # ("bogus": must be rejected with a console message and fall back to Linux's
 # swiotlb) -- and prints the integrity table and the ratio table against "linux".
 # Exits non-zero if anything fails: build, boot, data integrity, a kernel splat, a
@@ -18,8 +18,8 @@
 # Environment:
 #   BOUNCE_KERNEL_CACHE   cache root (default above)
 #   BOUNCE_KERNEL_DEBUG=1 also build the debug kernel (lockdep, DEBUG_ATOMIC_SLEEP,
-#                         DMA_API_DEBUG) and boot it with swiotlb.strategy=legacy, dynamic
-#                         and magazine (no splat allowed)
+#                         DMA_API_DEBUG) and boot it with every strategy (no splat
+#                         allowed)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 start=$(date +%s)
@@ -41,7 +41,8 @@ if [ "${BOUNCE_KERNEL_DEBUG:-0}" = 1 ] && [ "$rc" = 0 ]; then
   echo
   echo "kernel-tests: debug kernel (lockdep, DEBUG_ATOMIC_SLEEP, DMA_API_DEBUG)"
   kernel-binding/linux/run-guest-tests.sh --skip-setup --quiet --debug \
-    --configs "legacy dynamic magazine" --append "bouncetest.skip=bench" || rc=$?
+    --configs "$(cargo run -q --locked -p bounce-bench -- list --names | tr '\n' ' ')" \
+    --append "bouncetest.skip=bench" || rc=$?
 fi
 
 echo "kernel-tests: $([ "$rc" = 0 ] && echo passed || echo FAILED) in $(( $(date +%s) - start )) s"

@@ -21,7 +21,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use bounce_bench::engine::{boot, Ctor, Machine, RefillThread};
-use bounce_bench::registry::{self, StrategyVisitor};
+use bounce_bench::registry::{StrategyKind, StrategyVisitor};
 use bounce_bench::workload::fixed_size_plan;
 use bounce_framework::sim::{set_current_cpu, PlatformKind};
 use bounce_framework::{BootConfig, BouncerOptions, Device, DmaAttrs, DmaDirection, PhysAddr, Request, Strategy};
@@ -38,7 +38,7 @@ struct Benches<'a> {
     c: &'a mut Criterion,
 }
 
-impl StrategyVisitor for Benches<'_> {
+impl StrategyVisitor<bounce_framework::sim::SimGuest> for Benches<'_> {
     type Output = ();
 
     fn visit<S: Strategy + 'static>(&mut self, name: &'static str, ctor: Ctor<S>) {
@@ -157,8 +157,8 @@ fn memcpy(c: &mut Criterion) {
 
 fn strategies(c: &mut Criterion) {
     let mut v = Benches { c };
-    for name in registry::names() {
-        registry::visit(name, &mut v);
+    for kind in StrategyKind::ALL {
+        kind.visit(&mut v);
     }
 }
 

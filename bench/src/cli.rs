@@ -14,7 +14,7 @@ use crate::compare::{compare, phase_count, CompareConfig, CompareResults, Progre
 use crate::engine::{ClockCost, Limit, Machine};
 use crate::mapbench::{self, MapBench, Params};
 use crate::record::{fill_ratios, Record, RunMeta};
-use crate::registry;
+use crate::registry::{self, StrategyKind};
 use crate::replay::{parse_trace, plan_from_trace, Recorder, ReplayOptions};
 use crate::report::{self, ReportContext};
 use crate::stress::{Sabotage, StressConfig, StressDoc};
@@ -46,7 +46,16 @@ pub enum Command {
     /// device model, then audit them (PASS/FAIL).
     Stress(StressArgs),
     /// List the strategies and workloads.
-    List,
+    List(ListArgs),
+}
+
+/// `bounce list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Print only the strategies' boot names, one per line (for scripts: the registry
+    /// in `bounce-strategies` is the one list).
+    #[arg(long)]
+    pub names: bool,
 }
 
 /// The simulated platform.
@@ -128,14 +137,6 @@ pub fn parse_bytes(s: &str) -> Result<usize, String> {
     usize::try_from(v).map_err(|_| format!("`{s}` is too large"))
 }
 
-fn parse_strategy(s: &str) -> Result<&'static str, String> {
-    registry::STRATEGIES
-        .iter()
-        .find(|e| e.name == s)
-        .map(|e| e.name)
-        .ok_or_else(|| format!("unknown strategy `{s}` (known: {})", registry::names().join(", ")))
-}
-
 fn parse_threads(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if (1..=256).contains(&n) => Ok(n),
@@ -160,8 +161,8 @@ fn default_threads() -> usize {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Strategies to run, comma-separated [default: all].
-    #[arg(long, short = 's', value_delimiter = ',', value_parser = parse_strategy)]
-    pub strategies: Vec<&'static str>,
+    #[arg(long, short = 's', value_delimiter = ',', value_parser = registry::parse_strategy)]
+    pub strategies: Vec<StrategyKind>,
     /// The simulated platform; conversions spin for real so they cost throughput.
     #[arg(long, value_enum, default_value_t = PlatformArg::Tdx)]
     pub platform: PlatformArg,
@@ -274,8 +275,8 @@ pub struct MapBenchArgs {
     #[arg(short = 'g', default_value_t = 1, allow_negative_numbers = true)]
     pub granule: i64,
     /// The strategy to benchmark (not in the kernel tool).
-    #[arg(long, value_parser = parse_strategy, default_value = "legacy")]
-    pub strategy: &'static str,
+    #[arg(long, value_parser = registry::parse_strategy, default_value = "legacy")]
+    pub strategy: StrategyKind,
     /// The simulated platform (not in the kernel tool).
     #[arg(long, value_enum, default_value_t = PlatformArg::Tdx)]
     pub platform: PlatformArg,
@@ -301,8 +302,8 @@ pub struct RecordArgs {
     #[arg(long, short = 'w', value_enum, default_value_t = Workload::Mixed)]
     pub workload: Workload,
     /// The strategy that serves the mappings.
-    #[arg(long, value_parser = parse_strategy, default_value = "legacy")]
-    pub strategy: &'static str,
+    #[arg(long, value_parser = registry::parse_strategy, default_value = "legacy")]
+    pub strategy: StrategyKind,
     /// Maps to record.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub ops: u64,
@@ -325,8 +326,8 @@ pub struct RecordArgs {
 pub struct StressArgs {
     /// A strategy to run (repeat or comma-separate) [default: the one `swiotlb.strategy=`
     /// in --cmdline names, else all].
-    #[arg(long = "strategy", short = 's', alias = "strategies", value_delimiter = ',', value_parser = parse_strategy)]
-    pub strategies: Vec<&'static str>,
+    #[arg(long = "strategy", short = 's', alias = "strategies", value_delimiter = ',', value_parser = registry::parse_strategy)]
+    pub strategies: Vec<StrategyKind>,
     /// How long each strategy runs (e.g. 30, 30s, 500ms).
     #[arg(long, short = 'd', value_parser = parse_duration, default_value = "10s")]
     pub duration: Duration,
@@ -381,15 +382,17 @@ fn machine(platform: PlatformArg, memory: usize, cmdline: &str) -> Result<Machin
     Ok(Machine { platform: platform.kind(), memory, boot })
 }
 
-fn strategies_or_all(v: &[&'static str]) -> Result<Vec<&'static str>, Failure> {
-    let mut s: Vec<&'static str> = if v.is_empty() { registry::names() } else { v.to_vec() };
-    if s.is_empty() {
-        return Err(Failure { message: "no strategy is built into this binary".into(), code: 1 });
-    }
-    // Baseline first, so ratios and tables read top-down.
-    s.sort_by_key(|n| usize::from(*n != registry::BASELINE));
-    s.dedup();
-    Ok(s)
+fn strategies_or_all(v: &[StrategyKind]) -> Vec<StrategyKind> {
+    let mut s: Vec<StrategyKind> = if v.is_empty() { StrategyKind::ALL.to_vec() } else { v.to_vec() };
+    // Baseline first, so ratios and tables read top-down; each once.
+    s.sort_by_key(|k| usize::from(*k != registry::BASELINE));
+    let mut seen = Vec::with_capacity(s.len());
+    s.retain(|k| {
+        let new = !seen.contains(k);
+        seen.push(*k);
+        new
+    });
+    s
 }
 
 fn command_line() -> String {
@@ -451,7 +454,7 @@ fn write_plots(dir: &Path, res: &CompareResults, platform: PlatformArg) -> Resul
 }
 
 fn run_compare(a: &CompareArgs) -> Result<(), Failure> {
-    let strategies = strategies_or_all(&a.run.strategies)?;
+    let strategies = strategies_or_all(&a.run.strategies);
     let mut workloads = if a.workload.is_empty() { Workload::ALL.to_vec() } else { a.workload.clone() };
     workloads.dedup();
     let mut threads = if a.threads.is_empty() { vec![default_threads()] } else { a.threads.clone() };
@@ -577,7 +580,7 @@ fn run_replay(a: &ReplayArgs) -> Result<(), Failure> {
         a.repeat,
         a.inflight
     );
-    let strategies = strategies_or_all(&a.run.strategies)?;
+    let strategies = strategies_or_all(&a.run.strategies);
     let machine = machine(a.run.platform, a.run.memory, &a.run.cmdline)?;
     let progress = Progress::new(strategies.len() as u64 * 2, !a.run.no_progress && std::io::stderr().is_terminal());
     let clock = ClockCost::measure(&bounce_framework::sim::SimGuest::with(PlatformKind::Plain, 1 << 20, 1));
@@ -602,9 +605,9 @@ fn run_replay(a: &ReplayArgs) -> Result<(), Failure> {
             clock,
             progress: &progress,
         };
-        records.push(registry::visit(s, &mut v).expect("validated")?);
+        records.push(s.visit(&mut v)?);
     }
-    fill_ratios(&mut records, registry::BASELINE);
+    fill_ratios(&mut records, registry::BASELINE.name());
     progress.finish();
     println!("\n== {name} ==\n{}", report::text_table(&records));
     let results = CompareResults { results: records, copy_limit: Vec::new(), sweeps: Vec::new(), clock: Some(clock) };
@@ -635,7 +638,7 @@ fn run_map_bench(a: &MapBenchArgs) -> Result<(), Failure> {
     let machine = machine(a.platform, a.memory, &a.cmdline)?;
     let duration = a.duration.unwrap_or(Duration::from_secs(p.seconds.unsigned_abs()));
     let mut v = MapBench { machine: &machine, params: p, duration };
-    let out = registry::visit(a.strategy, &mut v).expect("validated")?;
+    let out = a.strategy.visit(&mut v)?;
     for l in out.lines(&p) {
         println!("{l}");
     }
@@ -657,7 +660,7 @@ fn run_record(a: &RecordArgs) -> Result<(), Failure> {
     let machine = machine(a.platform, 2 << 30, "")?;
     let plan = Arc::new(a.workload.plan(a.cpus, 4096, a.seed, true));
     let mut v = Recorder { machine: &machine, plan, ops: a.ops as usize };
-    let lines = registry::visit(a.strategy, &mut v).expect("validated")?;
+    let lines = a.strategy.visit(&mut v)?;
     let text = lines.join("\n") + "\n";
     match &a.output {
         Some(p) => {
@@ -672,10 +675,10 @@ fn run_record(a: &RecordArgs) -> Result<(), Failure> {
 fn run_stress(a: &StressArgs) -> Result<(), Failure> {
     let machine = machine(a.platform, a.memory, &a.cmdline)?;
     let named = match (a.strategies.is_empty(), machine.boot.strategy.as_deref()) {
-        (true, Some(n)) => vec![parse_strategy(n).map_err(|message| Failure { message, code: 2 })?],
+        (true, Some(n)) => vec![registry::parse_strategy(n).map_err(|message| Failure { message, code: 2 })?],
         _ => a.strategies.clone(),
     };
-    let strategies = strategies_or_all(&named)?;
+    let strategies = strategies_or_all(&named);
     let cfg = StressConfig {
         machine,
         duration: a.duration,
@@ -687,7 +690,7 @@ fn run_stress(a: &StressArgs) -> Result<(), Failure> {
     let mut reports = Vec::with_capacity(strategies.len());
     for s in &strategies {
         eprintln!("stress: {s} for {:?} on {} threads ...", cfg.duration, cfg.threads);
-        let r = crate::stress::stress(&cfg, s).expect("validated")?;
+        let r = crate::stress::stress(&cfg, *s)?;
         println!("{}", crate::stress::text(&r));
         reports.push(r);
     }
@@ -713,10 +716,17 @@ fn run_stress(a: &StressArgs) -> Result<(), Failure> {
     }
 }
 
-fn run_list() {
+fn run_list(a: &ListArgs) {
+    if a.names {
+        for k in StrategyKind::ALL {
+            println!("{k}");
+        }
+        return;
+    }
     println!("strategies:");
-    for e in registry::STRATEGIES {
-        println!("  {:<10} {} (parameters: swiotlb.{}.{{{}}})", e.name, e.summary, e.name, e.params.join(","));
+    for k in StrategyKind::ALL {
+        let params = bounce_strategies::AnyStrategy::<bounce_framework::sim::SimGuest>::params(k);
+        println!("  {:<10} {} (parameters: swiotlb.{k}.{{{}}})", k.name(), k.summary(), params.join(","));
     }
     println!("workloads:");
     for w in Workload::ALL {
@@ -732,8 +742,8 @@ pub fn run(cli: &Cli) -> ExitCode {
         Command::MapBench(a) => run_map_bench(a),
         Command::Record(a) => run_record(a),
         Command::Stress(a) => run_stress(a),
-        Command::List => {
-            run_list();
+        Command::List(a) => {
+            run_list(a);
             Ok(())
         }
     };

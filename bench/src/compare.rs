@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::engine::{boot, run_phase, ClockCost, Ctor, Limit, Machine, PhaseOptions, PhaseResult, RunError};
 use crate::record::{fill_ratios, Record, RunMeta};
-use crate::registry::{self, StrategyVisitor};
+use crate::registry::{self, StrategyKind, StrategyVisitor};
 use crate::workload::{fixed_size_plan, Plan, Workload, STREAM_LEN};
 
 /// Request sizes of the throughput-versus-size sweep.
@@ -25,7 +25,7 @@ pub const COPY_LIMIT_SIZE: usize = 1500;
 #[derive(Clone, Debug)]
 pub struct CompareConfig {
     /// Strategy names, baseline first when present.
-    pub strategies: Vec<&'static str>,
+    pub strategies: Vec<StrategyKind>,
     /// Workloads.
     pub workloads: Vec<Workload>,
     /// Thread counts (one record per count).
@@ -178,7 +178,7 @@ pub struct MeasurePlan<'a> {
     pub progress: &'a Progress,
 }
 
-impl StrategyVisitor for MeasurePlan<'_> {
+impl StrategyVisitor<SimGuest> for MeasurePlan<'_> {
     type Output = Result<Record, RunError>;
 
     fn visit<S: Strategy + 'static>(&mut self, name: &'static str, ctor: Ctor<S>) -> Self::Output {
@@ -238,13 +238,13 @@ pub fn compare(
             };
             let mut rounds: Vec<Vec<Record>> = vec![Vec::new(); cfg.strategies.len()];
             for _ in 0..cfg.rounds.max(1) {
-                for (i, name) in cfg.strategies.iter().enumerate() {
-                    let rec = registry::visit(name, &mut v).expect("strategy names were validated")?;
+                for (i, kind) in cfg.strategies.iter().enumerate() {
+                    let rec = kind.visit(&mut v)?;
                     rounds[i].push(rec);
                 }
             }
             let mut recs: Vec<Record> = rounds.into_iter().map(crate::record::median_round).collect();
-            fill_ratios(&mut recs, registry::BASELINE);
+            fill_ratios(&mut recs, registry::BASELINE.name());
             report(&recs);
             all.extend(recs);
         }
@@ -252,16 +252,16 @@ pub fn compare(
     let mut copy_limit = Vec::new();
     if cfg.copy_limit {
         let memcpy_ns = memcpy_ns(COPY_LIMIT_SIZE);
-        for name in &cfg.strategies {
-            progress.phase(format!("{name} · copy limit ({COPY_LIMIT_SIZE} B)"));
+        for kind in &cfg.strategies {
+            progress.phase(format!("{kind} · copy limit ({COPY_LIMIT_SIZE} B)"));
             let iterations = match cfg.limit {
                 Limit::Ops(n) => u32::try_from(n.clamp(1000, 50_000)).unwrap_or(50_000),
                 Limit::Duration(_) | Limit::Streams => 50_000,
             };
             let mut v = CopyLimitVisitor { machine: &cfg.machine, iterations };
-            let ns = registry::visit(name, &mut v).expect("validated")?;
+            let ns = kind.visit(&mut v)?;
             copy_limit.push(CopyLimit {
-                strategy: (*name).to_string(),
+                strategy: kind.name().to_string(),
                 size: COPY_LIMIT_SIZE,
                 map_unmap_ns: ns,
                 memcpy_ns,
@@ -278,11 +278,11 @@ pub fn compare(
             Limit::Ops(n) => Limit::Ops((n / 8).max(64)),
             Limit::Streams => Limit::Streams,
         };
-        for name in &cfg.strategies {
-            progress.phase(format!("{name} · size sweep"));
+        for kind in &cfg.strategies {
+            progress.phase(format!("{kind} · size sweep"));
             let mut v = SweepVisitor { machine: &cfg.machine, threads, limit, progress };
-            let points = registry::visit(name, &mut v).expect("validated")?;
-            sweeps.push(Sweep { strategy: (*name).to_string(), threads, points });
+            let points = kind.visit(&mut v)?;
+            sweeps.push(Sweep { strategy: kind.name().to_string(), threads, points });
             progress.inc();
         }
         let d = match limit {
@@ -319,7 +319,7 @@ struct CopyLimitVisitor<'a> {
     iterations: u32,
 }
 
-impl StrategyVisitor for CopyLimitVisitor<'_> {
+impl StrategyVisitor<SimGuest> for CopyLimitVisitor<'_> {
     type Output = Result<f64, RunError>;
 
     fn visit<S: Strategy + 'static>(&mut self, name: &'static str, ctor: Ctor<S>) -> Self::Output {
@@ -399,7 +399,7 @@ struct SweepVisitor<'a> {
     progress: &'a Progress,
 }
 
-impl StrategyVisitor for SweepVisitor<'_> {
+impl StrategyVisitor<SimGuest> for SweepVisitor<'_> {
     type Output = Result<Vec<SweepPoint>, RunError>;
 
     fn visit<S: Strategy + 'static>(&mut self, name: &'static str, ctor: Ctor<S>) -> Self::Output {

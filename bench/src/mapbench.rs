@@ -255,7 +255,7 @@ fn spin_ns(ns: u64) {
     }
 }
 
-impl StrategyVisitor for MapBench<'_> {
+impl StrategyVisitor<bounce_framework::sim::SimGuest> for MapBench<'_> {
     type Output = Result<Outcome, MapBenchError>;
 
     fn visit<S: Strategy + 'static>(&mut self, name: &'static str, ctor: Ctor<S>) -> Self::Output {

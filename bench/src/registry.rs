@@ -1,73 +1,26 @@
-//! The strategies `bounce` can run: a name → constructor table, monomorphised per
-//! strategy.
+//! The strategies `bounce` can run: the one registry of `bounce-strategies`
+//! ([`StrategyKind`], [`StrategyVisitor`]) on the simulated guest.
 //!
 //! Everything that runs a strategy is generic over `S: Strategy`; a
 //! [`StrategyVisitor`] is handed the concrete type and its boot constructor
-//! (`X::from_boot`), so each strategy gets its own compiled copy of the engine with
-//! direct calls on the map path.
+//! (`X::from_boot`) by [`StrategyKind::visit`], so each strategy gets its own compiled
+//! copy of the engine with direct calls on the map path.
 
-use bounce_dynamic::Dynamic;
-use bounce_framework::sim::SimGuest;
-use bounce_framework::{BootConfig, CmdlineError, Strategy};
-use bounce_legacy::Legacy;
-use bounce_magazine::Magazine;
+use bounce_framework::{BootConfig, CmdlineError};
+pub use bounce_strategies::{StrategyKind, KNOWN_STRATEGIES};
 
-use crate::engine::Ctor;
+/// Something to do with one concrete strategy type on the simulated guest.
+pub use bounce_strategies::StrategyVisitor;
 
-/// Something to do with one concrete strategy type.
-pub trait StrategyVisitor {
-    /// The result.
-    type Output;
-    /// Called with the strategy's name and boot constructor.
-    fn visit<S: Strategy + 'static>(&mut self, name: &'static str, ctor: Ctor<S>) -> Self::Output;
-}
+/// The strategy every ratio is taken against: the registry's first (legacy).
+pub const BASELINE: StrategyKind = StrategyKind::ALL[0];
 
-/// One row of the table.
-#[derive(Clone, Copy, Debug)]
-pub struct Entry {
-    /// The boot name (`swiotlb.strategy=`).
-    pub name: &'static str,
-    /// Its `swiotlb.<name>.*` parameters.
-    pub params: &'static [&'static str],
-    /// One line for `--help` and reports.
-    pub summary: &'static str,
-}
-
-/// Every strategy, legacy first (the baseline every ratio is taken against).
-pub const STRATEGIES: &[Entry] = &[
-    Entry {
-        name: Legacy::<SimGuest>::NAME,
-        params: Legacy::<SimGuest>::PARAMS,
-        summary: "Linux 6.12's swiotlb: one pool of 2 KiB slots converted at boot, per-CPU areas",
-    },
-    Entry {
-        name: Dynamic::<SimGuest>::NAME,
-        params: Dynamic::<SimGuest>::PARAMS,
-        summary: "cc-swiotlb done right: size classes refilled and shrunk in the background by kccd",
-    },
-    Entry {
-        name: Magazine::<SimGuest>::NAME,
-        params: Magazine::<SimGuest>::PARAMS,
-        summary: "per-CPU magazines of ready shared buffers over the dynamic size-class pools",
-    },
-];
-
-/// The name every ratio is taken against.
-pub const BASELINE: &str = "legacy";
-
-/// The names, in table order.
-pub fn names() -> Vec<&'static str> {
-    STRATEGIES.iter().map(|e| e.name).collect()
-}
-
-/// Runs `v` on the strategy called `name`; `None` for an unknown name.
-pub fn visit<V: StrategyVisitor>(name: &str, v: &mut V) -> Option<V::Output> {
-    match name {
-        "legacy" => Some(v.visit::<Legacy<SimGuest>>(Legacy::<SimGuest>::NAME, Legacy::<SimGuest>::from_boot)),
-        "dynamic" => Some(v.visit::<Dynamic<SimGuest>>(Dynamic::<SimGuest>::NAME, Dynamic::<SimGuest>::from_boot)),
-        "magazine" => Some(v.visit::<Magazine<SimGuest>>(Magazine::<SimGuest>::NAME, Magazine::<SimGuest>::from_boot)),
-        _ => None,
-    }
+/// Parses a strategy name (the CLI's `--strategy`).
+///
+/// # Errors
+/// A message naming the known strategies.
+pub fn parse_strategy(s: &str) -> Result<StrategyKind, String> {
+    StrategyKind::from_name(s).ok_or_else(|| format!("unknown strategy `{s}` (known: {})", KNOWN_STRATEGIES.join(", ")))
 }
 
 /// Parses a boot command line for the simulated guest (`swiotlb=...`,
@@ -76,7 +29,7 @@ pub fn visit<V: StrategyVisitor>(name: &str, v: &mut V) -> Option<V::Output> {
 /// # Errors
 /// The [`CmdlineError`] naming the offending token.
 pub fn parse_cmdline(cmdline: &str) -> Result<BootConfig, CmdlineError> {
-    BootConfig::parse(cmdline, &names())
+    BootConfig::parse(cmdline, KNOWN_STRATEGIES)
 }
 
 #[cfg(test)]

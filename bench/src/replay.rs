@@ -351,7 +351,7 @@ pub struct Recorder<'a> {
     pub ops: usize,
 }
 
-impl StrategyVisitor for Recorder<'_> {
+impl StrategyVisitor<bounce_framework::sim::SimGuest> for Recorder<'_> {
     type Output = Result<Vec<String>, RunError>;
 
     fn visit<S: Strategy + 'static>(&mut self, name: &'static str, ctor: Ctor<S>) -> Self::Output {

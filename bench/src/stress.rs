@@ -62,7 +62,7 @@ use rand_pcg::Pcg64Mcg;
 use crate::engine::{
     alloc_regions, boot, fill_pattern, panic_message, slot_size, Ctor, Machine, RefillThread, RunError,
 };
-use crate::registry::{self, StrategyVisitor};
+use crate::registry::{StrategyKind, StrategyVisitor};
 use crate::report::bytes;
 use crate::workload::{thread_rng, Op, Plan, Workload, STREAM_LEN};
 
@@ -1340,7 +1340,7 @@ struct Visit<'a> {
     cfg: &'a StressConfig,
 }
 
-impl StrategyVisitor for Visit<'_> {
+impl StrategyVisitor<bounce_framework::sim::SimGuest> for Visit<'_> {
     type Output = Result<StressReport, RunError>;
 
     fn visit<S: Strategy + 'static>(&mut self, name: &'static str, ctor: Ctor<S>) -> Self::Output {
@@ -1353,13 +1353,13 @@ impl StrategyVisitor for Visit<'_> {
     }
 }
 
-/// Stress-tests the strategy called `name`; `None` for an unknown name.
+/// Stress-tests the strategy `kind`.
 ///
 /// # Errors
 /// [`RunError`] when the strategy does not boot or the guest has no room for the
 /// buffers (problems found while running are in the report, not errors).
-pub fn stress(cfg: &StressConfig, name: &str) -> Option<Result<StressReport, RunError>> {
-    registry::visit(name, &mut Visit { cfg })
+pub fn stress(cfg: &StressConfig, kind: StrategyKind) -> Result<StressReport, RunError> {
+    kind.visit(&mut Visit { cfg })
 }
 
 /// The one-screen report of a run.

@@ -49,3 +49,12 @@ ensure_cache_dir() {
 
 # Build variant -> O= directory.
 build_dir_for() { echo "$CACHE_BUILD/$1"; }
+
+# The strategies built into the bounce library, space-separated: the registry in
+# strategies/src/lib.rs (the one list), as `bounce list --names` prints it.
+strategy_names() {
+    local names
+    names=$(cd "$BOUNCE_LINUX_DIR/../.." && cargo run -q --locked -p bounce-bench -- list --names) \
+        || die "cannot list the strategies (cargo run -p bounce-bench -- list --names)"
+    echo $names
+}

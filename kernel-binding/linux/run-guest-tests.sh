@@ -5,8 +5,8 @@
 #
 # usage: run-guest-tests.sh [options]
 #   --skip-setup        do not run setup.sh (packages already installed)
-#   --configs "LIST"    configurations to boot (default: "linux legacy dynamic magazine
-#                       bogus"). "linux" boots with no swiotlb.strategy= parameter (Linux's
+#   --configs "LIST"    configurations to boot (default: "linux", every strategy of
+#                       `bounce list --names`, then "bogus"). "linux" boots with no swiotlb.strategy= parameter (Linux's
 #                       own swiotlb, the baseline of the ratio table); any other NAME boots
 #                       with swiotlb.strategy=NAME. NAME must then be the strategy that runs
 #                       (debugfs swiotlb/bounce_strategy) if it is one of the built-in
@@ -32,8 +32,9 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
-# The strategies built into the bounce library (swiotlb.strategy=NAME).
-STRATEGIES="legacy dynamic magazine"
+# The strategies built into the bounce library (swiotlb.strategy=NAME): the registry
+# in strategies/src/lib.rs, through `bounce list --names`.
+STRATEGIES=$(strategy_names)
 
 SETUP=1
 CONFIGS="linux $STRATEGIES bogus"

@@ -12,6 +12,14 @@
 //! names, so a single build (the C ABI's static library, the kernel image, the bench
 //! CLI) carries every strategy and picks one at boot.
 //!
+//! ## The registry
+//! One `strategies! { Variant(Type, "name", "summary"), ... }` invocation below is the
+//! only list of strategies: it generates [`StrategyKind`] (with [`StrategyKind::ALL`],
+//! names, summaries and [`StrategyKind::visit`], which hands a [`StrategyVisitor`] the
+//! concrete type), [`KNOWN_STRATEGIES`] and [`AnyStrategy`] with its dispatch, boot and
+//! parameter check. The bench CLI, the fuzzer (each strategy's `SMALL_CMDLINES`), the
+//! C ABI and the guest scripts (`bounce list --names`) take the list from here.
+//!
 //! ## Dispatch
 //! `AnyStrategy` implements [`bounce_framework::Strategy`] through `enum_dispatch`: a
 //! `match` over the variants calling each strategy's method directly (no vtable, the
@@ -45,56 +53,159 @@ mod dispatch {
     bounce_framework::strategy_trait!(#[enum_dispatch::enum_dispatch]);
 }
 
-/// The strategy names `swiotlb.strategy=` accepts, in the order of [`StrategyKind::ALL`]
-/// (pass to [`BootConfig::parse`]).
-pub const KNOWN_STRATEGIES: &[&str] = &["legacy", "dynamic", "magazine"];
+/// The registry: **one line per strategy** generates everything that names the
+/// strategies, so a strategy added here is everywhere (the boot parser, [`AnyStrategy`]
+/// and its dispatch, the bench CLI, fuzzing, the tests that iterate
+/// [`StrategyKind::ALL`], `bounce list` for the scripts), and one left out of a
+/// `match` over [`StrategyKind`] is a compile error. Each line is
+/// `Variant(type, "boot name", "one-line summary")`; the type's `NAME` must equal the
+/// boot name (checked at compile time), and its `from_boot` and `PARAMS` are used. The
+/// first line is the baseline every ratio is taken against.
+macro_rules! strategies {
+    ($($variant:ident($ty:ident, $name:literal, $summary:literal)),+ $(,)?) => {
+        /// The strategy names `swiotlb.strategy=` accepts, in the order of
+        /// [`StrategyKind::ALL`] (pass to [`BootConfig::parse`]).
+        pub const KNOWN_STRATEGIES: &[&str] = &[$($name),+];
+
+        /// Which strategy an [`AnyStrategy`] holds.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum StrategyKind {
+            $(
+                #[doc = concat!("`swiotlb.strategy=", $name, "`: ", $summary, ".")]
+                $variant,
+            )+
+        }
+
+        impl StrategyKind {
+            /// Every strategy, in [`KNOWN_STRATEGIES`] order (the registry's).
+            pub const ALL: [Self; KNOWN_STRATEGIES.len()] = [$(Self::$variant),+];
+
+            /// The boot name (`swiotlb.strategy=<name>`).
+            pub const fn name(self) -> &'static str {
+                KNOWN_STRATEGIES[self as usize]
+            }
+
+            /// One line on what the strategy is, for `--help`, `bounce list` and reports.
+            pub const fn summary(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $summary,)+
+                }
+            }
+
+            /// The strategy a boot name selects.
+            pub fn from_name(name: &str) -> Option<Self> {
+                Self::ALL.into_iter().find(|k| k.name() == name)
+            }
+
+            /// Hands the strategy's concrete type on platform `P` and its boot
+            /// constructor to `v` (monomorphised per strategy: direct calls on the map
+            /// path of whatever `v` runs).
+            pub fn visit<P: Platform + 'static, V: StrategyVisitor<P>>(self, v: &mut V) -> V::Output {
+                match self {
+                    $(Self::$variant => v.visit::<$ty<P>>($name, $ty::<P>::from_boot),)+
+                }
+            }
+        }
+
+        /// The boot-selected strategy: one of the registry's, dispatching
+        /// [`Strategy`] to it.
+        #[enum_dispatch::enum_dispatch(Strategy)]
+        pub enum AnyStrategy<P: Platform> {
+            $(
+                #[doc = concat!("`swiotlb.strategy=", $name, "`.")]
+                $variant($ty<P>),
+            )+
+        }
+
+        impl<P: Platform> AnyStrategy<P> {
+            /// Fails the build (when `from_boot` is instantiated) if a strategy's `NAME`
+            /// differs from its registry line.
+            const NAMES_MATCH: () = assert!(
+                true $(&& str_eq($ty::<P>::NAME, $name))+,
+                "a strategy's NAME differs from its registry line"
+            );
+
+            /// Builds the strategy `boot.strategy` names ([`DEFAULT_STRATEGY`] when it
+            /// names none) with that strategy's `from_boot`, after checking the
+            /// `swiotlb.<strategy>.*` parameters of *every* strategy, so a mistyped
+            /// parameter of a strategy that is not booted is still an error.
+            ///
+            /// # Errors
+            /// [`InitError::Cmdline`] for an unknown parameter of any strategy,
+            /// [`InitError::Config`] for a strategy name outside [`KNOWN_STRATEGIES`]
+            /// (possible only with a hand-built [`BootConfig`]; `BootConfig::parse`
+            /// already refuses it), and whatever the selected strategy's `from_boot`
+            /// returns.
+            pub fn from_boot(platform: P, boot: &BootConfig) -> Result<Self, InitError> {
+                let () = Self::NAMES_MATCH;
+                $(boot.params_for($name).check_known($ty::<P>::PARAMS)?;)+
+                let kind = match boot.strategy.as_deref() {
+                    None => DEFAULT_STRATEGY,
+                    Some(name) => StrategyKind::from_name(name).ok_or_else(|| {
+                        InitError::Config(format!(
+                            "unknown strategy `{name}` (known: {})",
+                            KNOWN_STRATEGIES.join(", ")
+                        ))
+                    })?,
+                };
+                Ok(match kind {
+                    $(StrategyKind::$variant => Self::$variant($ty::from_boot(platform, boot)?),)+
+                })
+            }
+
+            /// Which strategy this is.
+            pub const fn kind(&self) -> StrategyKind {
+                match self {
+                    $(Self::$variant(_) => StrategyKind::$variant,)+
+                }
+            }
+
+            /// The parameters (`swiotlb.<name>.<param>`) the strategy of `kind` takes.
+            pub const fn params(kind: StrategyKind) -> &'static [&'static str] {
+                match kind {
+                    $(StrategyKind::$variant => $ty::<P>::PARAMS,)+
+                }
+            }
+
+            /// The strategy's boot command lines with small pools (its
+            /// `SMALL_CMDLINES`), for fuzzing and tests that need exhaustion, growth and
+            /// shrinking within a few hundred operations.
+            pub const fn small_cmdlines(kind: StrategyKind) -> &'static [&'static str] {
+                match kind {
+                    $(StrategyKind::$variant => $ty::<P>::SMALL_CMDLINES,)+
+                }
+            }
+        }
+    };
+}
+
+strategies! {
+    Legacy(Legacy, "legacy", "Linux 6.12's swiotlb: one pool of 2 KiB slots converted at boot, per-CPU areas"),
+    Dynamic(Dynamic, "dynamic", "size classes refilled and shrunk in the background by kccd, memory that follows demand"),
+    Magazine(Magazine, "magazine", "per-CPU magazines of ready shared buffers over the dynamic size-class pools"),
+}
 
 /// The strategy booted when the command line names none: `legacy`, Linux's own
 /// allocator, so a kernel without `swiotlb.strategy=` behaves as upstream.
-pub const DEFAULT_STRATEGY: StrategyKind = StrategyKind::Legacy;
+pub const DEFAULT_STRATEGY: StrategyKind = StrategyKind::ALL[0];
 
-/// Which strategy an [`AnyStrategy`] holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum StrategyKind {
-    /// [`Legacy`].
-    Legacy,
-    /// [`Dynamic`].
-    Dynamic,
-    /// [`Magazine`].
-    Magazine,
-}
-
-impl StrategyKind {
-    /// Every strategy, in [`KNOWN_STRATEGIES`] order.
-    pub const ALL: [Self; 3] = [Self::Legacy, Self::Dynamic, Self::Magazine];
-
-    /// The boot name (`swiotlb.strategy=<name>`).
-    pub const fn name(self) -> &'static str {
-        KNOWN_STRATEGIES[self as usize]
-    }
-
-    /// The strategy a boot name selects.
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.name() == name)
-    }
+/// Something to do with one concrete strategy type: [`StrategyKind::visit`] calls
+/// [`StrategyVisitor::visit`] with the type, its boot name and its boot constructor.
+pub trait StrategyVisitor<P: Platform> {
+    /// The result.
+    type Output;
+    /// Called with the strategy's boot name and boot constructor (`S::from_boot`).
+    fn visit<S: Strategy + 'static>(
+        &mut self,
+        name: &'static str,
+        ctor: fn(P, &BootConfig) -> Result<S, InitError>,
+    ) -> Self::Output;
 }
 
 impl fmt::Display for StrategyKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
-}
-
-/// The boot-selected strategy: one of the three, dispatching
-/// [`Strategy`] to it.
-#[enum_dispatch::enum_dispatch(Strategy)]
-pub enum AnyStrategy<P: Platform> {
-    /// `swiotlb.strategy=legacy`.
-    Legacy(Legacy<P>),
-    /// `swiotlb.strategy=dynamic`.
-    Dynamic(Dynamic<P>),
-    /// `swiotlb.strategy=magazine`.
-    Magazine(Magazine<P>),
 }
 
 impl<P: Platform> fmt::Debug for AnyStrategy<P> {
@@ -117,61 +228,4 @@ const fn str_eq(a: &str, b: &str) -> bool {
         i += 1;
     }
     true
-}
-
-impl<P: Platform> AnyStrategy<P> {
-    /// Fails the build (when `from_boot` is instantiated) if a strategy's `NAME` differs
-    /// from its entry in [`KNOWN_STRATEGIES`].
-    const NAMES_MATCH: () = assert!(
-        str_eq(Legacy::<P>::NAME, StrategyKind::Legacy.name())
-            && str_eq(Dynamic::<P>::NAME, StrategyKind::Dynamic.name())
-            && str_eq(Magazine::<P>::NAME, StrategyKind::Magazine.name()),
-        "a strategy's NAME differs from KNOWN_STRATEGIES"
-    );
-
-    /// Builds the strategy `boot.strategy` names ([`DEFAULT_STRATEGY`] when it names
-    /// none) with that strategy's `from_boot`, after checking the
-    /// `swiotlb.<strategy>.*` parameters of *every* strategy, so a mistyped parameter of
-    /// a strategy that is not booted is still an error.
-    ///
-    /// # Errors
-    /// [`InitError::Cmdline`] for an unknown parameter of any strategy,
-    /// [`InitError::Config`] for a strategy name outside [`KNOWN_STRATEGIES`] (possible
-    /// only with a hand-built [`BootConfig`]; `BootConfig::parse` already refuses it),
-    /// and whatever the selected strategy's `from_boot` returns.
-    pub fn from_boot(platform: P, boot: &BootConfig) -> Result<Self, InitError> {
-        let () = Self::NAMES_MATCH;
-        boot.params_for(Legacy::<P>::NAME).check_known(Legacy::<P>::PARAMS)?;
-        boot.params_for(Dynamic::<P>::NAME).check_known(Dynamic::<P>::PARAMS)?;
-        boot.params_for(Magazine::<P>::NAME).check_known(Magazine::<P>::PARAMS)?;
-        let kind = match boot.strategy.as_deref() {
-            None => DEFAULT_STRATEGY,
-            Some(name) => StrategyKind::from_name(name).ok_or_else(|| {
-                InitError::Config(format!("unknown strategy `{name}` (known: {})", KNOWN_STRATEGIES.join(", ")))
-            })?,
-        };
-        Ok(match kind {
-            StrategyKind::Legacy => Self::Legacy(Legacy::from_boot(platform, boot)?),
-            StrategyKind::Dynamic => Self::Dynamic(Dynamic::from_boot(platform, boot)?),
-            StrategyKind::Magazine => Self::Magazine(Magazine::from_boot(platform, boot)?),
-        })
-    }
-
-    /// Which strategy this is.
-    pub const fn kind(&self) -> StrategyKind {
-        match self {
-            Self::Legacy(_) => StrategyKind::Legacy,
-            Self::Dynamic(_) => StrategyKind::Dynamic,
-            Self::Magazine(_) => StrategyKind::Magazine,
-        }
-    }
-
-    /// The parameters (`swiotlb.<name>.<param>`) the strategy of `kind` takes.
-    pub const fn params(kind: StrategyKind) -> &'static [&'static str] {
-        match kind {
-            StrategyKind::Legacy => Legacy::<P>::PARAMS,
-            StrategyKind::Dynamic => Dynamic::<P>::PARAMS,
-            StrategyKind::Magazine => Magazine::<P>::PARAMS,
-        }
-    }
 }

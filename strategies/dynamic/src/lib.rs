@@ -113,6 +113,19 @@ pub struct Dynamic<P: Platform> {
 impl<P: Platform> Dynamic<P> {
     /// The boot name (`swiotlb.strategy=dynamic`).
     pub const NAME: &'static str = "dynamic";
+    /// Boot command lines with small pools (1–4 MiB) and idle and period timers of
+    /// 0–1 ms, so that exhaustion, growth up to the cap and shrinking are all reachable
+    /// within a few hundred operations: the fuzzer's configurations
+    /// (`bounce_strategies::AnyStrategy::small_cmdlines`).
+    pub const SMALL_CMDLINES: &'static [&'static str] = &[
+        "swiotlb.strategy=dynamic swiotlb.dynamic.cap=4M swiotlb.dynamic.classes=512:64,2K:256,4K:128,16K:32,512K:2 \
+         swiotlb.dynamic.idle_ms=0 swiotlb.dynamic.batch=64",
+        "swiotlb=1024 swiotlb.strategy=dynamic swiotlb.dynamic.reserve=0 swiotlb.dynamic.idle_ms=0 swiotlb.dynamic.batch=32",
+        "swiotlb.strategy=dynamic swiotlb.dynamic.cap=2M swiotlb.dynamic.classes=2K:64:8:128,64K:8:1:16 \
+         swiotlb.dynamic.fallback=off swiotlb.dynamic.reserve=50 swiotlb.dynamic.idle_ms=0 swiotlb.dynamic.batch=1",
+        "swiotlb.strategy=dynamic swiotlb.dynamic.cap=3M swiotlb.dynamic.classes=512:16,4K:64,256K:4 \
+         swiotlb.dynamic.idle_ms=0 swiotlb.dynamic.batch=16",
+];
     /// The `swiotlb.dynamic.*` parameters.
     pub const PARAMS: &'static [&'static str] =
         &["preset", "classes", "cap", "batch", "idle_ms", "reserve", "limit", "headroom", "chunk", "stock", "fallback"];

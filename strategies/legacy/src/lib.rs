@@ -217,6 +217,16 @@ impl<P: Platform> fmt::Debug for Legacy<P> {
 impl<P: Platform> Legacy<P> {
     /// The strategy's boot name (`swiotlb.strategy=legacy`).
     pub const NAME: &'static str = "legacy";
+    /// Boot command lines with small pools (1–4 MiB) and idle and period timers of
+    /// 0–1 ms, so that exhaustion, growth up to the cap and shrinking are all reachable
+    /// within a few hundred operations: the fuzzer's configurations
+    /// (`bounce_strategies::AnyStrategy::small_cmdlines`).
+    pub const SMALL_CMDLINES: &'static [&'static str] = &[
+        "swiotlb=1024 swiotlb.strategy=legacy",
+        "swiotlb=2048,4 swiotlb.strategy=legacy",
+        "swiotlb=512,1 swiotlb.strategy=legacy",
+        "swiotlb=640,1,force swiotlb.strategy=legacy",
+    ];
 
     /// The `swiotlb.legacy.*` parameters: none. The pool is sized by Linux's own
     /// `swiotlb=<slots>[,<areas>]`, so any `swiotlb.legacy.<param>` is an error.

@@ -167,6 +167,23 @@ pub struct Magazine<P: Platform> {
 impl<P: Platform> Magazine<P> {
     /// The boot name (`swiotlb.strategy=magazine`).
     pub const NAME: &'static str = "magazine";
+    /// Boot command lines with small pools (1–4 MiB) and idle and period timers of
+    /// 0–1 ms, so that exhaustion, growth up to the cap and shrinking are all reachable
+    /// within a few hundred operations: the fuzzer's configurations
+    /// (`bounce_strategies::AnyStrategy::small_cmdlines`).
+    pub const SMALL_CMDLINES: &'static [&'static str] = &[
+        "swiotlb.strategy=magazine swiotlb.magazine.cap=4M swiotlb.magazine.classes=512:64,2K:256,4K:128,16K:32,512K:2 \
+         swiotlb.magazine.idle_ms=0 swiotlb.magazine.batch=64 swiotlb.magazine.trim_ms=1 swiotlb.magazine.reap_ms=1",
+        "swiotlb=1024 swiotlb.strategy=magazine swiotlb.magazine.reserve=0 swiotlb.magazine.idle_ms=0 swiotlb.magazine.batch=32 \
+         swiotlb.magazine.rounds=2 swiotlb.magazine.depot=1 swiotlb.magazine.depot_target=0",
+        "swiotlb.strategy=magazine swiotlb.magazine.cap=2M swiotlb.magazine.classes=2K:64:8:128,64K:8:1:16 \
+         swiotlb.magazine.fallback=off swiotlb.magazine.reserve=50 swiotlb.magazine.rounds=1 swiotlb.magazine.max_rounds=4 \
+         swiotlb.magazine.contention=1 swiotlb.magazine.batch=1 swiotlb.magazine.trim_ms=1 swiotlb.magazine.reap_ms=1 \
+         swiotlb.magazine.idle_ms=0",
+        "swiotlb.strategy=magazine swiotlb.magazine.cap=3M swiotlb.magazine.classes=512:16,4K:64,256K:4 \
+         swiotlb.magazine.rounds=4,8,1 swiotlb.magazine.max_rounds=16,16,1 swiotlb.magazine.depot_target=4 \
+         swiotlb.magazine.idle_ms=0",
+];
     /// The `swiotlb.magazine.*` parameters (see [`config`]).
     pub const PARAMS: &'static [&'static str] = &[
         "preset",
