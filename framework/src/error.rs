@@ -32,28 +32,19 @@ pub enum MapError {
         /// Bytes requested.
         size: usize,
     },
-    /// The legacy pool is full: Linux's ratelimited message, with the same facts.
-    #[error("swiotlb buffer is full (sz: {size} bytes), total {total_slots} (slots), used {used_slots} (slots)")]
-    PoolFull {
+    /// No free bounce buffer can serve the request now; a strategy with a refill engine
+    /// has woken it. `detail` is the strategy's own message (e.g. legacy's "swiotlb
+    /// buffer is full (sz: ...)" with Linux's slot counts).
+    #[error("{detail}")]
+    Exhausted {
         /// Bytes requested.
         size: usize,
-        /// Slots in the pool (`io_tlb_nslabs`).
-        total_slots: usize,
-        /// Slots in use (`io_tlb_used`).
-        used_slots: usize,
-    },
-    /// No ready shared buffer in the request's size class, reserve included; the refill
-    /// engine has been woken.
-    #[error("no shared buffer ready for {size} bytes in the {class_size}-byte class (reserve empty, refill pending)")]
-    NoBufferReady {
-        /// Bytes requested.
-        size: usize,
-        /// The size class that was tried.
-        class_size: usize,
+        /// What the strategy says about it.
+        detail: Detail,
     },
     /// The shared-memory cap stops the pool from growing to serve this request.
     #[error("shared memory cap of {cap_bytes} bytes reached; {size} bytes cannot be mapped")]
-    CapReached {
+    Cap {
         /// Bytes requested.
         size: usize,
         /// The configured cap.
@@ -79,6 +70,71 @@ pub enum MapError {
         /// The device's `min_align_mask`.
         min_align_mask: u64,
     },
+}
+
+/// A strategy's own message about an exhausted pool, for [`MapError::Exhausted`]: a
+/// `'static` template whose `{}` are filled with up to three named numbers, in order
+/// (numbers without a `{}` follow in parentheses). It is built on the map path, so it
+/// allocates nothing, and a new strategy needs no new error variant, errno or C
+/// constant to explain itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Detail {
+    template: &'static str,
+    facts: [Option<(&'static str, usize)>; 3],
+}
+
+impl Detail {
+    /// A message without numbers yet.
+    pub const fn new(template: &'static str) -> Self {
+        Self { template, facts: [None, None, None] }
+    }
+
+    /// Adds a named number (the first three are kept; a fourth replaces the third).
+    #[must_use]
+    pub const fn with(mut self, name: &'static str, value: usize) -> Self {
+        let mut i = 0;
+        while i < self.facts.len() - 1 && self.facts[i].is_some() {
+            i += 1;
+        }
+        self.facts[i] = Some((name, value));
+        self
+    }
+
+    /// The template.
+    pub const fn template(&self) -> &'static str {
+        self.template
+    }
+
+    /// The number called `name`, if the detail has it.
+    pub fn fact(&self, name: &str) -> Option<usize> {
+        self.facts.iter().flatten().find(|(n, _)| *n == name).map(|&(_, v)| v)
+    }
+}
+
+impl core::fmt::Display for Detail {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let mut facts = self.facts.iter().flatten();
+        let mut parts = self.template.split("{}");
+        if let Some(first) = parts.next() {
+            f.write_str(first)?;
+        }
+        for part in parts {
+            match facts.next() {
+                Some((_, v)) => write!(f, "{v}")?,
+                None => f.write_str("?")?,
+            }
+            f.write_str(part)?;
+        }
+        let mut sep = " (";
+        for (name, value) in facts {
+            write!(f, "{sep}{name} {value}")?;
+            sep = ", ";
+        }
+        if sep == ", " {
+            f.write_str(")")?;
+        }
+        Ok(())
+    }
 }
 
 /// Why an address handed back by a caller (unmap, sync) was refused.
@@ -263,8 +319,8 @@ impl MapError {
                 FailureReason::BadArgument
             }
             Self::TooLarge { .. } => FailureReason::TooLarge,
-            Self::PoolFull { .. } | Self::NoBufferReady { .. } => FailureReason::Exhausted,
-            Self::CapReached { .. } => FailureReason::Cap,
+            Self::Exhausted { .. } => FailureReason::Exhausted,
+            Self::Cap { .. } => FailureReason::Cap,
             Self::Unreachable { .. } => FailureReason::Unreachable,
             Self::BadAlignment { .. } => FailureReason::Alignment,
         }
@@ -294,4 +350,24 @@ pub enum InitError {
     /// A configuration that parses but cannot work (explained).
     #[error("invalid configuration: {0}")]
     Config(alloc::string::String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::string::ToString;
+
+    #[test]
+    fn detail_fills_its_template_in_order_and_lists_the_rest() {
+        let d = Detail::new("full (sz: {} bytes), total {}").with("size", 100).with("total", 128).with("used", 98);
+        assert_eq!(d.to_string(), "full (sz: 100 bytes), total 128 (used 98)");
+        assert_eq!((d.fact("total"), d.fact("used"), d.fact("free")), (Some(128), Some(98), None));
+        let e = MapError::Exhausted { size: 100, detail: d };
+        assert_eq!(e.reason(), FailureReason::Exhausted);
+        assert_eq!(e.to_string(), d.to_string());
+        // More numbers than fit: the last slot takes the newest; missing ones print `?`.
+        let d = Detail::new("{} {} {} {}").with("a", 1).with("b", 2).with("c", 3).with("d", 4);
+        assert_eq!(d.to_string(), "1 2 4 ?");
+        assert_eq!(Detail::new("plain").to_string(), "plain");
+    }
 }

@@ -45,7 +45,7 @@ pub use addr::{
 pub use bouncer::{Bouncer, BouncerOptions, SgEntry, SgError, MAY_BLOCK_TIMEOUT_NS};
 pub use cmdline::{BootConfig, ForceMode, StrategyParams, SwiotlbParam};
 pub use dma::{Device, DmaAttrs, DmaDirection};
-pub use error::{CmdlineError, FailureReason, GrowError, InitError, LookupError, MapError, PlatformError};
+pub use error::{CmdlineError, Detail, FailureReason, GrowError, InitError, LookupError, MapError, PlatformError};
 pub use lock::{IrqControl, IrqGuards, IrqMutex, IrqMutexGuard, IrqState, NoIrq, RawIrqLock, SpinIrqLock};
 pub use platform::{AllocContext, BouncedEvent, LogLevel, PageRequest, Platform};
 pub use shared::{ConversionStats, SharedMemory};

@@ -52,8 +52,8 @@ pub const ENOTRECOVERABLE: c_int = 131;
 pub const fn map_errno(e: &MapError) -> c_int {
     match e {
         MapError::TooLarge { .. } => E2BIG,
-        MapError::PoolFull { .. } | MapError::NoBufferReady { .. } => ENOSPC,
-        MapError::CapReached { .. } => EDQUOT,
+        MapError::Exhausted { .. } => ENOSPC,
+        MapError::Cap { .. } => EDQUOT,
         MapError::Unreachable { .. } => ERANGE,
         // DirectionNone, BadDirection, ZeroSize, BadOriginal, BadAlignment and any
         // variant added later: the request itself is wrong.

@@ -63,9 +63,9 @@ use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use intrusive_collections::LinkedList;
 
 use bounce_framework::{
-    AllocContext, AuditError, BackgroundReport, BootConfig, CmdlineError, GrowError, InitError, Located, PageCount,
-    PageRequest, PhysAddr, Platform, PlatformError, PoolStats, RefillStats, ReleaseError, Released, SharedMemory,
-    StrategyParams, UsageCounter, PAGE_SIZE,
+    AllocContext, AuditError, BackgroundReport, BootConfig, CmdlineError, Detail, GrowError, InitError, Located,
+    MapError, PageCount, PageRequest, PhysAddr, Platform, PlatformError, PoolStats, RefillStats, ReleaseError,
+    Released, Request, SharedMemory, StrategyParams, UsageCounter, PAGE_SIZE,
 };
 
 use crate::adapters::EmptyAdapter;
@@ -304,6 +304,17 @@ pub const fn default_cap(ram_bytes: usize) -> usize {
     cap & !(bounce_framework::PAGE_SIZE - 1)
 }
 
+/// The error of a size-classed pool with no free buffer of `class_size` bytes for a
+/// request of `size` bytes: [`MapError::Exhausted`] with the class in its detail.
+pub const fn no_buffer(size: usize, class_size: usize) -> MapError {
+    MapError::Exhausted {
+        size,
+        detail: Detail::new("no shared buffer ready for {} bytes in the {}-byte class (reserve empty, refill pending)")
+            .with("size", size)
+            .with("class bytes", class_size),
+    }
+}
+
 /// How deep a pop may dig for a buffer: who asks decides it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Need {
@@ -405,6 +416,10 @@ pub struct PoolSet<P: Platform> {
     runs: AtomicU64,
     grow_failures: AtomicU64,
     cap_reclaims: AtomicU64,
+    /// Maps refused as exhausted ([`PoolSet::refuse`]).
+    refused_exhausted: AtomicU64,
+    /// Maps refused at the cap.
+    refused_cap: AtomicU64,
 }
 
 impl<P: Platform> PoolSet<P> {
@@ -501,6 +516,8 @@ impl<P: Platform> PoolSet<P> {
             runs: AtomicU64::new(0),
             grow_failures: AtomicU64::new(0),
             cap_reclaims: AtomicU64::new(0),
+            refused_exhausted: AtomicU64::new(0),
+            refused_cap: AtomicU64::new(0),
         })
     }
 
@@ -592,6 +609,29 @@ impl<P: Platform> PoolSet<P> {
     /// cannot are left with while the engine converts more.
     fn blank_protected(&self) -> usize {
         self.blank_min.div_ceil(4)
+    }
+
+    /// The error for a request of class `class` that found no free buffer anywhere (its
+    /// class, blank shells, larger classes): [`MapError::Cap`] when the cap stops the
+    /// class from growing, else [`MapError::Exhausted`] (see [`no_buffer`]); counted in
+    /// [`PoolSet::refusals`]. The engine was woken by the failed pop.
+    ///
+    /// # Context
+    /// Any context; never sleeps or allocates.
+    pub fn refuse(&self, req: &Request, class: usize) -> MapError {
+        let c = self.table.get(class);
+        if self.shared.fits_cap(c.chunk_bytes()) {
+            self.refused_exhausted.fetch_add(1, Ordering::Relaxed);
+            no_buffer(req.size, c.size)
+        } else {
+            self.refused_cap.fetch_add(1, Ordering::Relaxed);
+            MapError::Cap { size: req.size, cap_bytes: self.cap_bytes() }
+        }
+    }
+
+    /// Maps refused so far: `(exhausted, at the cap)`.
+    pub fn refusals(&self) -> (u64, u64) {
+        (self.refused_exhausted.load(Ordering::Relaxed), self.refused_cap.load(Ordering::Relaxed))
     }
 
     /// Whether class `i`'s chunks are shells.

@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use bounce_dynamic::bounce_refill::PoolConfig;
+use bounce_dynamic::bounce_refill::{no_buffer, PoolConfig};
 use bounce_framework::conformance::pattern;
 use bounce_framework::sim::{set_current_cpu, PageState, PlatformKind, SimConfig, SimDevice, SimGuest, SimStats};
 use bounce_framework::{
@@ -436,7 +436,10 @@ fn boot_page_allocation_failure(kind: StrategyKind) {
         assert_eq!(r.bouncer.pool_stats().conversions.alloc_failures, 1);
         let mut live = Vec::new();
         let err = r.map_until_error(&mut live);
-        assert!(matches!(err, MapError::PoolFull { total_slots: LEGACY_SLOTS, .. }), "{err}");
+        assert!(
+            matches!(&err, MapError::Exhausted { detail, .. } if detail.fact("total slots") == Some(LEGACY_SLOTS)),
+            "{err}"
+        );
         r.finish(live);
     } else {
         let e = boot(&g, kind).expect_err("boot without pages");
@@ -458,7 +461,7 @@ fn boot_page_allocation_failure(kind: StrategyKind) {
 }
 
 /// A conversion fails during a background refill: exactly that batch is quarantined,
-/// the engine backs off, demand meanwhile gets `NoBufferReady` (counted), and after the
+/// the engine backs off, demand meanwhile gets `Exhausted` (counted), and after the
 /// back-off the engine grows again and maps succeed, never on a quarantined page.
 fn refill_conversion_failure(kind: StrategyKind) {
     let r = Rig::new(kind);
@@ -479,7 +482,7 @@ fn refill_conversion_failure(kind: StrategyKind) {
     assert!(one_run(&r.note_quarantine(), chunk));
     // Demand while the class waits to retry.
     let err = r.map_until_error(&mut live);
-    assert_eq!(err, MapError::NoBufferReady { size: SIZE, class_size: CLASS }, "{kind}");
+    assert_eq!(err, no_buffer(SIZE, CLASS), "{kind}");
     assert_eq!(r.bouncer.stats().failures_of(FailureReason::Exhausted), 1);
     r.check(&live);
     // The fault was one-shot: after the back-off the engine grows and service resumes.
@@ -494,7 +497,7 @@ fn refill_conversion_failure(kind: StrategyKind) {
 }
 
 /// The page allocator fails during a refill: nothing is quarantined or leaked, the
-/// failure is counted, demand gets `NoBufferReady`, and the engine grows after its
+/// failure is counted, demand gets `Exhausted`, and the engine grows after its
 /// back-off.
 fn refill_page_allocation_failure(kind: StrategyKind) {
     let r = Rig::new(kind);
@@ -512,7 +515,7 @@ fn refill_page_allocation_failure(kind: StrategyKind) {
     let hw2 = r.guest.stats();
     assert_eq!((hw2.allocated_pages, hw2.unknown_pages), (hw.allocated_pages, hw.unknown_pages));
     let err = r.map_until_error(&mut live);
-    assert_eq!(err, MapError::NoBufferReady { size: SIZE, class_size: CLASS }, "{kind}");
+    assert_eq!(err, no_buffer(SIZE, CLASS), "{kind}");
     assert_eq!(r.bouncer.stats().failures_of(FailureReason::Exhausted), 1);
     r.check(&live);
     r.past_retry();
@@ -595,12 +598,9 @@ fn engine_starved(kind: StrategyKind) {
     let mut live = Vec::new();
     let err = r.map_until_error(&mut live);
     if kind == StrategyKind::Legacy {
-        assert!(
-            matches!(err, MapError::PoolFull { size: SIZE, total_slots: LEGACY_SLOTS, used_slots: LEGACY_SLOTS }),
-            "{err}"
-        );
+        assert_eq!(err, bounce_legacy::pool_full(SIZE, LEGACY_SLOTS, LEGACY_SLOTS));
     } else {
-        assert_eq!(err, MapError::NoBufferReady { size: SIZE, class_size: CLASS }, "{kind}");
+        assert_eq!(err, no_buffer(SIZE, CLASS), "{kind}");
         assert!(r.guest.stats().wakeups > wakeups, "{kind}: the map path asked for the engine");
     }
     assert!(r.map().is_err(), "{kind}: still refused while starved");
@@ -608,7 +608,7 @@ fn engine_starved(kind: StrategyKind) {
     r.check(&live);
     r.settle();
     if kind == StrategyKind::Legacy {
-        assert!(matches!(r.map(), Err(MapError::PoolFull { .. })), "legacy has no engine to refill it");
+        assert!(matches!(r.map(), Err(MapError::Exhausted { .. })), "legacy has no engine to refill it");
         r.unmap(&live.pop().expect("live mappings"));
     }
     live.push(r.map().expect("service resumes"));
@@ -633,7 +633,7 @@ fn engine_delayed(kind: StrategyKind) {
         assert!(rep.buffers_added > 0, "{kind}: the delayed batch lands: {rep:?}");
         err
     });
-    assert_eq!(err, MapError::NoBufferReady { size: SIZE, class_size: CLASS }, "{kind}");
+    assert_eq!(err, no_buffer(SIZE, CLASS), "{kind}");
     assert_eq!(r.bouncer.stats().failures_of(FailureReason::Exhausted), 1);
     r.check(&live);
     r.guest.faults().clear();
@@ -643,9 +643,9 @@ fn engine_delayed(kind: StrategyKind) {
 }
 
 /// Demand beyond the shared-memory cap, with the engine keeping up: the pooled
-/// strategies grow to exactly the cap and then refuse with `CapReached` (counted by the
+/// strategies grow to exactly the cap and then refuse with `Cap` (counted by the
 /// bouncer and the strategy); shared memory never exceeds the cap. Legacy's fixed pool is
-/// its cap: it never grows and refuses with `PoolFull`. Service resumes after an unmap.
+/// its cap: it never grows and refuses with `Exhausted` ("swiotlb buffer is full"). Service resumes after an unmap.
 fn over_cap(kind: StrategyKind) {
     let r = Rig::new(kind);
     r.settle();
@@ -665,12 +665,15 @@ fn over_cap(kind: StrategyKind) {
     assert!(!r.pending(), "{kind}: background work pending at the cap");
     let stats = r.bouncer.stats();
     if kind == StrategyKind::Legacy {
-        assert!(matches!(err, MapError::PoolFull { size: SIZE, total_slots: LEGACY_SLOTS, .. }), "{err}");
+        assert!(
+            matches!(&err, MapError::Exhausted { size: SIZE, detail } if detail.fact("total slots") == Some(LEGACY_SLOTS)),
+            "{err}"
+        );
         assert_eq!(stats.failures_of(FailureReason::Exhausted), 1);
         assert_eq!(r.guest.stats().shared_pages, shared0, "the legacy pool never grows");
         assert_eq!(shared0, LEGACY_PAGES);
     } else {
-        assert_eq!(err, MapError::CapReached { size: SIZE, cap_bytes: CAP }, "{kind}");
+        assert_eq!(err, MapError::Cap { size: SIZE, cap_bytes: CAP }, "{kind}");
         assert_eq!(stats.failures_of(FailureReason::Cap), 1);
         assert_eq!(stats.failures_of(FailureReason::Exhausted), 0);
         assert_eq!(r.cap_refusals(), 1);

@@ -6,8 +6,8 @@
 
 use bounce_framework::sim::{SimGuest, SimLock};
 use bounce_framework::{
-    AuditError, AuditReport, BackgroundReport, Device, IrqMutex, Located, MapError, PageCount, PageRequest, PhysAddr,
-    Platform, PoolStats, ReleaseError, Released, Request, Reservation, SharedMemory, Strategy, UsageCounter,
+    AuditError, AuditReport, BackgroundReport, Detail, Device, IrqMutex, Located, MapError, PageCount, PageRequest,
+    PhysAddr, Platform, PoolStats, ReleaseError, Released, Request, Reservation, SharedMemory, Strategy, UsageCounter,
     IO_TLB_SEGSIZE, IO_TLB_SIZE,
 };
 
@@ -105,7 +105,13 @@ impl Strategy for FirstFit {
             return Ok(Reservation { addr: tlb });
         }
         let used = self.usage.used() / IO_TLB_SIZE;
-        Err(MapError::PoolFull { size: req.size, total_slots: self.granules, used_slots: used })
+        Err(MapError::Exhausted {
+            size: req.size,
+            detail: Detail::new("test pool full for {} bytes")
+                .with("size", req.size)
+                .with("granules", self.granules)
+                .with("used", used),
+        })
     }
 
     fn release(&self, addr: PhysAddr) -> Result<Released, ReleaseError> {

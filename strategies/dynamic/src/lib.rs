@@ -12,7 +12,7 @@
 //! | an `xa_insert` (`GFP_NOWAIT` allocation) on every map | the address index is filled when a chunk is carved; map only flips a per-buffer record |
 //! | one LIFO list per class | per-chunk free stacks, partial chunks in an address-ordered tree: use packs into few chunks, so whole chunks can drain and be returned |
 //! | never shrinks; unbounded | idle chunks above the high watermark return after `idle_ms`; a hard cap (`swiotlb.dynamic.cap=`) |
-//! | failure: "No memory for cc-swiotlb buffer" | an empty class reshapes a blank shell (already shared and indexed) on the map path, then a larger class serves while the engine catches up; then a counted [`MapError::NoBufferReady`] or [`MapError::CapReached`]: never a block, a conversion or an allocation on the map path |
+//! | failure: "No memory for cc-swiotlb buffer" | an empty class reshapes a blank shell (already shared and indexed) on the map path, then a larger class serves while the engine catches up; then a counted [`MapError::Exhausted`] or [`MapError::Cap`]: never a block, a conversion or an allocation on the map path |
 //! | fixed watermarks, ~96 MiB pre-filled | `preset=demand` (default): small class floors, blank shells shared by all classes, memory kept for the recent peak and returned after `idle_ms`; `preset=seed` keeps the seed's policy for A/B |
 //! | partial sync copied from the wrong source offset | [`Strategy::locate`] returns `orig + (addr - start)` for any address inside a mapping |
 //! | size check ignored the offset inside the buffer | the class must hold `offset + size` |
@@ -85,9 +85,9 @@ impl Default for DynamicConfig {
 pub struct DynamicCounters {
     /// Requests served by a larger class because their own was empty.
     pub fallbacks: u64,
-    /// Requests refused with [`MapError::NoBufferReady`].
+    /// Requests refused with [`MapError::Exhausted`].
     pub no_buffer: u64,
-    /// Requests refused with [`MapError::CapReached`].
+    /// Requests refused with [`MapError::Cap`].
     pub cap_reached: u64,
 }
 
@@ -106,8 +106,6 @@ pub struct Dynamic<P: Platform> {
     pools: PoolSet<P>,
     fallback: bool,
     fallbacks: AtomicU64,
-    no_buffer: AtomicU64,
-    cap_reached: AtomicU64,
 }
 
 impl<P: Platform> Dynamic<P> {
@@ -167,14 +165,7 @@ impl<P: Platform> Dynamic<P> {
         let DynamicConfig { pools: pool_config, fallback } = config;
         let pools = PoolSet::new(platform.clone(), &pool_config)?;
         pools.fill_reserves()?;
-        Ok(Self {
-            platform,
-            pools,
-            fallback,
-            fallbacks: AtomicU64::new(0),
-            no_buffer: AtomicU64::new(0),
-            cap_reached: AtomicU64::new(0),
-        })
+        Ok(Self { platform, pools, fallback, fallbacks: AtomicU64::new(0) })
     }
 
     /// The pools (classes, index, engine).
@@ -197,8 +188,8 @@ impl<P: Platform> Dynamic<P> {
     pub fn counters(&self) -> DynamicCounters {
         DynamicCounters {
             fallbacks: self.fallbacks.load(Ordering::Relaxed),
-            no_buffer: self.no_buffer.load(Ordering::Relaxed),
-            cap_reached: self.cap_reached.load(Ordering::Relaxed),
+            no_buffer: self.pools.refusals().0,
+            cap_reached: self.pools.refusals().1,
         }
     }
 
@@ -212,17 +203,6 @@ impl<P: Platform> Dynamic<P> {
     /// The class of the buffer holding `addr` (mapped or not), if any.
     pub fn class_of(&self, addr: PhysAddr) -> Option<usize> {
         self.pools.index().with(addr, |c| c.class())
-    }
-
-    fn refuse(&self, req: &Request, class: usize) -> MapError {
-        let c = self.pools.class(class);
-        if self.pools.shared().fits_cap(c.chunk_bytes()) {
-            self.no_buffer.fetch_add(1, Ordering::Relaxed);
-            MapError::NoBufferReady { size: req.size, class_size: c.size }
-        } else {
-            self.cap_reached.fetch_add(1, Ordering::Relaxed);
-            MapError::CapReached { size: req.size, cap_bytes: self.pools.cap_bytes() }
-        }
     }
 }
 
@@ -242,7 +222,7 @@ impl<P: Platform> Strategy for Dynamic<P> {
                 self.fallbacks.fetch_add(1, Ordering::Relaxed);
             }
         }
-        let Some(buf) = buf else { return Err(self.refuse(req, choice.class)) };
+        let Some(buf) = buf else { return Err(self.pools.refuse(req, choice.class)) };
         let addr = self.pools.commit(buf, req.orig, choice.offset, req.alloc_size);
         Ok(Reservation { addr })
     }

@@ -10,7 +10,7 @@ use bounce_framework::{
     Bouncer, BouncerOptions, Device, DmaAddr, DmaAttrs, DmaDirection, FailureReason, MapError, PhysAddr, Platform,
     Strategy, PAGE_SIZE,
 };
-use bounce_refill::{ClassSpec, PoolConfig, StepRunner};
+use bounce_refill::{no_buffer, ClassSpec, PoolConfig, StepRunner};
 
 struct T {
     guest: SimGuest,
@@ -103,7 +103,7 @@ fn no_buffer_ready_is_a_counted_error_and_service_resumes() {
         }
     };
     assert_eq!(live.len(), 16 + 4);
-    assert_eq!(err, MapError::NoBufferReady { size: 2000, class_size: 2048 });
+    assert_eq!(err, no_buffer(2000, 2048));
     assert_eq!(t.s().counters().fallbacks, 4);
     assert_eq!(t.s().counters().no_buffer, 1);
     assert_eq!(t.b.stats().failures_of(FailureReason::Exhausted), 1);
@@ -155,8 +155,10 @@ fn fallback_takes_larger_classes_above_their_reserve_first_then_the_reserve() {
     assert_eq!(s.counters().fallbacks, 10);
     assert_eq!(s.pools().pool(1).ready(), 0);
     // Only now, with no free buffer of a fitting class left, a map fails: counted.
-    assert!(matches!(t.map(1000), Err(MapError::NoBufferReady { .. })));
-    assert!(matches!(t.map(10_000), Err(MapError::NoBufferReady { class_size: 16384, .. })));
+    assert!(matches!(t.map(1000), Err(MapError::Exhausted { .. })));
+    assert!(
+        matches!(t.map(10_000), Err(MapError::Exhausted { detail, .. }) if detail.fact("class bytes") == Some(16384))
+    );
     assert_eq!(s.counters().no_buffer, 2);
     for d in live {
         t.unmap(d, 1000);
@@ -279,7 +281,7 @@ fn cap_is_a_hard_bound_and_reported() {
         run.run_until_idle(100);
     };
     assert_eq!(live.len(), 256);
-    assert_eq!(err, MapError::CapReached { size: 4096, cap_bytes: 1 << 20 });
+    assert_eq!(err, MapError::Cap { size: 4096, cap_bytes: 1 << 20 });
     assert_eq!(s.counters().cap_reached, 1);
     assert!(s.stats().conversions.shared_bytes_peak <= 1 << 20);
     for a in live {

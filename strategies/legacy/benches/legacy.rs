@@ -52,7 +52,7 @@ fn exhausted(c: &mut Criterion) {
     while full.reserve(&request(65536, 0)).is_ok() {}
     while full.reserve(&request(1, 0)).is_ok() {}
     g.bench_function("full", |b| {
-        b.iter(|| assert!(matches!(full.reserve(black_box(&request(64, 0))), Err(MapError::PoolFull { .. }))));
+        b.iter(|| assert!(matches!(full.reserve(black_box(&request(64, 0))), Err(MapError::Exhausted { .. }))));
     });
 
     // Fragmented: 8 KiB mappings everywhere, every other one freed. Half the pool is
@@ -67,7 +67,7 @@ fn exhausted(c: &mut Criterion) {
         frag.release(*a).unwrap();
     }
     g.bench_function("fragmented_half_free", |b| {
-        b.iter(|| assert!(matches!(frag.reserve(black_box(&request(12288, 0))), Err(MapError::PoolFull { .. }))));
+        b.iter(|| assert!(matches!(frag.reserve(black_box(&request(12288, 0))), Err(MapError::Exhausted { .. }))));
     });
     g.finish();
 }

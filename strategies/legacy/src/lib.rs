@@ -45,7 +45,7 @@
 //!
 //! Segment boundaries (`dma_get_seg_boundary()`) are not modelled: the framework's
 //! devices carry none, and with Linux's default of `ULONG_MAX`
-//! `iommu_is_span_boundary()` is always false. [`MapError::PoolFull`] carries Linux's
+//! `iommu_is_span_boundary()` is always false. [`pool_full`] carries Linux's
 //! numbers: `size` is the padded allocation size (`ALIGN(mapping_size + offset,
 //! alloc_align_mask + 1)`), as in "swiotlb buffer is full (sz: %zd bytes)".
 //!
@@ -88,7 +88,7 @@ use core::fmt;
 use core::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use bounce_framework::{
-    AuditError, AuditReport, BackgroundReport, BootConfig, Device, ForceMode, GrowError, InitError, IrqGuards,
+    AuditError, AuditReport, BackgroundReport, BootConfig, Detail, Device, ForceMode, GrowError, InitError, IrqGuards,
     IrqMutex, Located, LogLevel, MapError, PageCount, PageRequest, PhysAddr, Platform, PlatformError, PoolStats,
     RefillStats, ReleaseError, Released, Request, Reservation, SharedMemory, SlotCount, Strategy, UsageCounter,
     IO_TLB_SEGSIZE, IO_TLB_SHIFT, IO_TLB_SIZE, PAGE_SIZE,
@@ -211,6 +211,19 @@ impl<P: Platform> fmt::Debug for Legacy<P> {
             .field("nareas", &self.geometry.nareas)
             .field("used_bytes", &self.usage.used())
             .finish_non_exhaustive()
+    }
+}
+
+/// Linux's "swiotlb buffer is full (sz: %zd bytes), total %lu (slots), used %lu
+/// (slots)": the error of a request of `size` bytes (with its alignment padding) that
+/// no run of free slots can hold, with the pool's slot counts.
+pub const fn pool_full(size: usize, total_slots: usize, used_slots: usize) -> MapError {
+    MapError::Exhausted {
+        size,
+        detail: Detail::new("swiotlb buffer is full (sz: {} bytes), total {} (slots), used {} (slots)")
+            .with("size", size)
+            .with("total slots", total_slots)
+            .with("used slots", used_slots),
     }
 }
 
@@ -665,12 +678,7 @@ impl<P: Platform> Strategy for Legacy<P> {
             mapping_len,
         };
         let Some(index) = self.find_slots(req.cpu, &want) else {
-            // "swiotlb buffer is full (sz: %zd bytes), total %lu (slots), used %lu (slots)\n"
-            return Err(MapError::PoolFull {
-                size,
-                total_slots: self.geometry.nslabs,
-                used_slots: self.usage.used() >> IO_TLB_SHIFT,
-            });
+            return Err(pool_full(size, self.geometry.nslabs, self.usage.used() >> IO_TLB_SHIFT));
         };
         // tlb_addr = slot_addr(pool->start, index + pad_slots) + (offset & (IO_TLB_SIZE - 1));
         Ok(Reservation { addr: self.mapping_start(index + (tbl_offset >> IO_TLB_SHIFT)) })

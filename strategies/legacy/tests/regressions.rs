@@ -9,7 +9,7 @@ use bounce_framework::sim::{set_current_cpu, PlatformKind, SimDevice, SimGuest};
 use bounce_framework::{
     Bouncer, BouncerOptions, Device, DmaAddr, DmaAttrs, DmaDirection, MapError, PhysAddr, Platform, Strategy,
 };
-use bounce_legacy::{Legacy, LegacyConfig, SlotIndex};
+use bounce_legacy::{pool_full, Legacy, LegacyConfig, SlotIndex};
 
 type B = Bouncer<SimGuest, Legacy<SimGuest>>;
 
@@ -53,7 +53,10 @@ fn pool_smaller_than_one_segment_cve_2023_52790() {
         // One slot too many fails; exactly the pool succeeds and ends at its end.
         let big = buffer(&g, (nslabs + 1) * 2048, 1);
         let err = b.map_single(dev.device(), big, (nslabs + 1) * 2048, DmaDirection::ToDevice, DmaAttrs::empty());
-        assert!(matches!(err, Err(MapError::PoolFull { total_slots, .. }) if total_slots == nslabs), "{err:?}");
+        assert!(
+            matches!(&err, Err(MapError::Exhausted { detail, .. }) if detail.fact("total slots") == Some(nslabs)),
+            "{err:?}"
+        );
         // Fill the pool with single-slot mappings (2 KiB each, no page alignment), then
         // ask for one more: it must fail, not run past the end.
         let mut live = Vec::new();
@@ -69,7 +72,7 @@ fn pool_smaller_than_one_segment_cve_2023_52790() {
         }
         let one = buffer(&g, 100, 9);
         let err = b.map_single(dev.device(), one, 100, DmaDirection::ToDevice, DmaAttrs::empty()).unwrap_err();
-        assert_eq!(err, MapError::PoolFull { size: 100, total_slots: nslabs, used_slots: nslabs });
+        assert_eq!(err, pool_full(100, nslabs, nslabs));
         audit(&b);
         for dma in live {
             b.unmap_single(dev.device(), dma, 2048, DmaDirection::ToDevice, DmaAttrs::empty()).unwrap();
@@ -128,7 +131,7 @@ fn two_threads_never_share_a_slot(cpus: [usize; 2], nareas: usize) {
                             assert_eq!(g.read_vec(phys, len), pattern(seed, len), "thread {t}: copy in");
                             live.push((dma, orig, len, seed, first));
                         }
-                        Err(MapError::PoolFull { .. }) => {
+                        Err(MapError::Exhausted { .. }) => {
                             full += 1;
                             g.free_private(orig, len);
                         }
@@ -194,7 +197,7 @@ fn full_or_fragmented_pool_returns_an_error() {
         set_current_cpu(Some(cpu));
         for (d, len) in [(&dev, 1usize), (&dev, 65536), (&nvme, 4096)] {
             let e = b.map_single(d.device(), orig, len, DmaDirection::ToDevice, DmaAttrs::NO_WARN).unwrap_err();
-            assert_eq!(e, MapError::PoolFull { size: len, total_slots: 32768, used_slots: 32768 });
+            assert_eq!(e, pool_full(len, 32768, 32768));
         }
     }
     // Fragmented: free every other mapping; 16384 slots are free in runs of 32.
@@ -207,12 +210,15 @@ fn full_or_fragmented_pool_returns_an_error() {
         set_current_cpu(Some(cpu));
         // 33 slots (page aligned, stride 2): no run is long enough in any area.
         let e = b.map_single(dev.device(), orig, 33 * 2048, DmaDirection::ToDevice, DmaAttrs::NO_WARN).unwrap_err();
-        assert_eq!(e, MapError::PoolFull { size: 33 * 2048, total_slots: 32768, used_slots: 16384 });
+        assert_eq!(e, pool_full(33 * 2048, 32768, 16384));
         // NVMe, 63 KiB at an odd offset: 32 slots would fit a hole, but bit 11 of the
         // first slot must match the original's, so the data would need 33.
         let odd = orig + 0x800;
         let e = b.map_single(nvme.device(), odd, 63 * 1024 + 1, DmaDirection::ToDevice, DmaAttrs::NO_WARN);
-        assert!(matches!(e, Err(MapError::PoolFull { used_slots: 16384, .. })), "{e:?}");
+        assert!(
+            matches!(&e, Err(MapError::Exhausted { detail, .. }) if detail.fact("used slots") == Some(16384)),
+            "{e:?}"
+        );
     }
     // A 32-slot mapping still fits a hole.
     let d = b.map_single(dev.device(), orig, 65536, DmaDirection::ToDevice, DmaAttrs::empty()).unwrap();
@@ -233,7 +239,7 @@ fn exhaustion_warning_has_linux_wording() {
     let keep = b.map_single(dev.device(), orig, 200_000, DmaDirection::ToDevice, DmaAttrs::empty()).unwrap();
     let before = b.strategy().audit().unwrap();
     let e = b.map_single(dev.device(), orig, 100_000, DmaDirection::ToDevice, DmaAttrs::empty()).unwrap_err();
-    assert_eq!(e, MapError::PoolFull { size: 100_000, total_slots: 128, used_slots: 98 });
+    assert_eq!(e, pool_full(100_000, 128, 98));
     assert_eq!(b.strategy().audit().unwrap(), before);
     let logs = g.logs();
     assert!(

@@ -68,7 +68,7 @@ fn map_and_unmap_make_no_allocation() {
     });
     assert_eq!(n, 0, "the map path allocated {n} times");
     assert_eq!(ok, sizes.len() * 3 * 2 + sizes.len(), "every map/unmap pair in the counted region succeeded");
-    assert!(matches!(full, Some(MapError::PoolFull { .. })), "{full:?}");
+    assert!(matches!(full, Some(MapError::Exhausted { .. })), "{full:?}");
     assert_eq!(b.pool_stats().used_bytes, 0);
     let s = b.stats();
     assert_eq!(s.maps, s.unmaps);

@@ -43,7 +43,7 @@
 //! ## Failure
 //! A map falls from the CPU's magazines to the depot, then to a batch from the pool's
 //! free lists, then to other CPUs' caches, then to a larger class (`fallback=on`), and
-//! then fails with [`MapError::NoBufferReady`] (or [`MapError::CapReached`] when the cap
+//! then fails with [`MapError::Exhausted`] (or [`MapError::Cap`] when the cap
 //! stops growth), having woken the engine. It never blocks, allocates or converts.
 //!
 //! ## What still touches shared state on the map path
@@ -132,9 +132,9 @@ impl<P: Platform> Backing for Waitable<'_, P> {
 pub struct MagazineCounters {
     /// Requests served by a larger class because their own was exhausted everywhere.
     pub fallbacks: u64,
-    /// Requests refused with [`MapError::NoBufferReady`].
+    /// Requests refused with [`MapError::Exhausted`].
     pub no_buffer: u64,
-    /// Requests refused with [`MapError::CapReached`].
+    /// Requests refused with [`MapError::Cap`].
     pub cap_reached: u64,
     /// Trim periods run.
     pub trims: u64,
@@ -157,8 +157,6 @@ pub struct Magazine<P: Platform> {
     last_trim: AtomicU64,
     last_reap: AtomicU64,
     fallbacks: AtomicU64,
-    no_buffer: AtomicU64,
-    cap_reached: AtomicU64,
     trims: AtomicU64,
     reaps: AtomicU64,
     stocked: AtomicU64,
@@ -264,8 +262,6 @@ impl<P: Platform> Magazine<P> {
             last_trim: AtomicU64::new(0),
             last_reap: AtomicU64::new(0),
             fallbacks: AtomicU64::new(0),
-            no_buffer: AtomicU64::new(0),
-            cap_reached: AtomicU64::new(0),
             trims: AtomicU64::new(0),
             reaps: AtomicU64::new(0),
             stocked: AtomicU64::new(0),
@@ -291,8 +287,8 @@ impl<P: Platform> Magazine<P> {
     pub fn counters(&self) -> MagazineCounters {
         MagazineCounters {
             fallbacks: self.fallbacks.load(Ordering::Relaxed),
-            no_buffer: self.no_buffer.load(Ordering::Relaxed),
-            cap_reached: self.cap_reached.load(Ordering::Relaxed),
+            no_buffer: self.pools.refusals().0,
+            cap_reached: self.pools.refusals().1,
             trims: self.trims.load(Ordering::Relaxed),
             reaps: self.reaps.load(Ordering::Relaxed),
             stocked: self.stocked.load(Ordering::Relaxed),
@@ -367,17 +363,6 @@ impl<P: Platform> Magazine<P> {
             (false, _) => self.pools.pop(class, need).map(|b| (b, None)),
         }
     }
-
-    fn refuse(&self, req: &Request, class: usize) -> MapError {
-        let c = self.pools.class(class);
-        if self.pools.shared().fits_cap(c.chunk_bytes()) {
-            self.no_buffer.fetch_add(1, Ordering::Relaxed);
-            MapError::NoBufferReady { size: req.size, class_size: c.size }
-        } else {
-            self.cap_reached.fetch_add(1, Ordering::Relaxed);
-            MapError::CapReached { size: req.size, cap_bytes: self.pools.cap_bytes() }
-        }
-    }
 }
 
 impl<P: Platform> Drop for Magazine<P> {
@@ -413,7 +398,7 @@ impl<P: Platform> Strategy for Magazine<P> {
             }
             buf
         };
-        let Some(buf) = buf else { return Err(self.refuse(req, choice.class)) };
+        let Some(buf) = buf else { return Err(self.pools.refuse(req, choice.class)) };
         Ok(Reservation { addr: self.pools.commit(buf, req.orig, choice.offset, req.alloc_size) })
     }
 

@@ -15,7 +15,7 @@ use bounce_framework::{
     Bouncer, BouncerOptions, Device, DmaAddr, DmaAttrs, DmaDirection, MapError, PhysAddr, Platform, Strategy,
 };
 use bounce_magazine::{ClassStats, Magazine, MagazineConfig, RoundsSetting};
-use bounce_refill::{ClassSpec, PoolConfig, StepRunner};
+use bounce_refill::{no_buffer, ClassSpec, PoolConfig, StepRunner};
 use common::contended::{self, ContendedGuest};
 
 /// One 2 KiB class in 16 KiB chunks (8 buffers, one conversion each), no reserve.
@@ -211,7 +211,7 @@ fn exhaustion_falls_back_to_depot_pool_other_cpus_then_a_clear_error() {
     println!("exhaustion on CPU 0 (D depot, L own magazine, B pool batch, S stolen): {seq} then `{err}`");
     // The depot's last magazine, its rounds, then pool batches of M/2 = 2, then CPU 1's 4.
     assert_eq!(seq, format!("DLLL{}SSSS", "BL".repeat(12)));
-    assert_eq!(err, MapError::CapReached { size: 1500, cap_bytes: 16 * 4096 });
+    assert_eq!(err, MapError::Cap { size: 1500, cap_bytes: 16 * 4096 });
     assert_eq!(err.to_string(), "shared memory cap of 65536 bytes reached; 1500 bytes cannot be mapped");
     let s = t.st();
     assert_eq!(s.depot_allocs - base.depot_allocs, 1);
@@ -243,7 +243,7 @@ fn exhausted_below_the_cap_is_no_buffer_ready_until_the_engine_runs() {
         }
         assert!(live.len() < 1000);
     };
-    assert_eq!(err, MapError::NoBufferReady { size: 2048, class_size: 2048 });
+    assert_eq!(err, no_buffer(2048, 2048));
     assert!(err.to_string().contains("refill pending"), "{err}");
     assert!(t.s().background_pending_at(run.now()));
     run.run_until_idle(100);
