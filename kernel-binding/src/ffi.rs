@@ -92,6 +92,55 @@ unsafe fn device(inst: &Bounce, what: &str, dev: *const BounceDevice) -> Result<
     unsafe { device_from_c(d) }.map_err(|m| inst.bad_argument(format_args!("{what}: {m}")))
 }
 
+/// The prologue of every call on a device in a direction: the instance (NULL,
+/// poisoned, panics: [`entry`]), then the device and the direction, each refused with
+/// `-EINVAL` and recorded; then `f`.
+///
+/// # Safety
+/// `b` is NULL or a live instance; `dev` as for [`device`].
+unsafe fn on_device(
+    b: *const Bounce,
+    what: &'static str,
+    dev: *const BounceDevice,
+    dir: u32,
+    f: impl FnOnce(&Bounce, bounce_framework::Device, DmaDirection) -> c_int,
+) -> c_int {
+    // SAFETY: `b` is NULL or a live instance (caller).
+    entry(unsafe { b.as_ref() }, what, |inst| {
+        // SAFETY: `dev` is NULL or a valid device (caller).
+        let dev = match unsafe { device(inst, what, dev) } {
+            Ok(d) => d,
+            Err(rc) => return rc,
+        };
+        match direction(inst, what, dir) {
+            Ok(d) => f(inst, dev, d),
+            Err(rc) => rc,
+        }
+    })
+}
+
+/// [`on_device`] for a scatter-gather call: also the list, refused as [`sg_list`] does.
+///
+/// # Safety
+/// As [`on_device`]; `sg` as for [`sg_list`].
+unsafe fn on_list(
+    b: *const Bounce,
+    what: &'static str,
+    dev: *const BounceDevice,
+    sg: *mut BounceSg,
+    nents: usize,
+    dir: u32,
+    f: impl FnOnce(&Bounce, bounce_framework::Device, &mut [SgEntry], DmaDirection) -> c_int,
+) -> c_int {
+    // SAFETY: forwarded (caller).
+    unsafe {
+        on_device(b, what, dev, dir, |inst, dev, dir| match sg_list(inst, what, sg, nents) {
+            Ok(list) => f(inst, dev, list, dir),
+            Err(rc) => rc,
+        })
+    }
+}
+
 /// Views a C scatter-gather array as the framework's entries, refusing NULL or empty
 /// lists and lengths an `int` cannot count.
 ///
@@ -316,25 +365,15 @@ pub unsafe extern "C" fn bounce_map_single(
         // SAFETY: `dma_out` is writable (caller).
         unsafe { *dma_out = DMA_MAPPING_ERROR };
     }
-    // SAFETY: `b` is NULL or a live instance (caller).
-    entry(unsafe { b.as_ref() }, WHAT, |inst| {
+    let body = |inst: &Bounce, dev: bounce_framework::Device, dir: DmaDirection| {
         if dma_out.is_null() {
             return inst.bad_argument(format_args!("{WHAT}: dma_out is NULL"));
         }
-        // SAFETY: `dev` is NULL or a valid device (caller).
-        let dev = match unsafe { device(inst, WHAT, dev) } {
-            Ok(d) => d,
-            Err(rc) => return rc,
-        };
         if !is_low_mask(alloc_align_mask) {
             return inst.bad_argument(format_args!(
                 "{WHAT}: alloc_align_mask {alloc_align_mask:#x} is not of the form 2^k - 1"
             ));
         }
-        let dir = match direction(inst, WHAT, dir) {
-            Ok(d) => d,
-            Err(rc) => return rc,
-        };
         let attrs = DmaAttrs::from_bits_truncate(attrs);
         match inst.bouncer().map_with_align(&dev, PhysAddr(phys), size, alloc_align_mask, dir, attrs) {
             Ok(dma) => {
@@ -344,7 +383,9 @@ pub unsafe extern "C" fn bounce_map_single(
             }
             Err(e) => inst.fail(map_errno(&e), format_args!("{WHAT}: {e}")),
         }
-    })
+    };
+    // SAFETY: `b` and `dev` as the caller promises.
+    unsafe { on_device(b, WHAT, dev, dir, body) }
 }
 
 /// `swiotlb_tbl_unmap_single` (called with the bus address): copies bounce -> original
@@ -373,22 +414,15 @@ pub unsafe extern "C" fn bounce_unmap_single(
     attrs: u64,
 ) -> c_int {
     const WHAT: &str = "bounce_unmap_single";
-    // SAFETY: `b` is NULL or a live instance (caller).
-    entry(unsafe { b.as_ref() }, WHAT, |inst| {
-        // SAFETY: `dev` is NULL or a valid device (caller).
-        let dev = match unsafe { device(inst, WHAT, dev) } {
-            Ok(d) => d,
-            Err(rc) => return rc,
-        };
-        let dir = match direction(inst, WHAT, dir) {
-            Ok(d) => d,
-            Err(rc) => return rc,
-        };
-        match inst.bouncer().unmap_single(&dev, DmaAddr(dma), size, dir, DmaAttrs::from_bits_truncate(attrs)) {
-            Ok(()) => 0,
-            Err(e) => inst.fail(lookup_errno(&e), format_args!("{WHAT}: {e}")),
-        }
-    })
+    // SAFETY: `b` and `dev` as the caller promises.
+    unsafe {
+        on_device(b, WHAT, dev, dir, |inst, dev, dir| {
+            match inst.bouncer().unmap_single(&dev, DmaAddr(dma), size, dir, DmaAttrs::from_bits_truncate(attrs)) {
+                Ok(()) => 0,
+                Err(e) => inst.fail(lookup_errno(&e), format_args!("{WHAT}: {e}")),
+            }
+        })
+    }
 }
 
 /// Shared body of the two single syncs.
@@ -404,27 +438,20 @@ unsafe fn sync_single(
     dir: u32,
     for_device: bool,
 ) -> c_int {
-    // SAFETY: `b` is NULL or a live instance (caller).
-    entry(unsafe { b.as_ref() }, what, |inst| {
-        // SAFETY: `dev` is NULL or a valid device (caller).
-        let dev = match unsafe { device(inst, what, dev) } {
-            Ok(d) => d,
-            Err(rc) => return rc,
-        };
-        let dir = match direction(inst, what, dir) {
-            Ok(d) => d,
-            Err(rc) => return rc,
-        };
-        let r = if for_device {
-            inst.bouncer().sync_single_for_device(&dev, DmaAddr(dma), size, dir)
-        } else {
-            inst.bouncer().sync_single_for_cpu(&dev, DmaAddr(dma), size, dir)
-        };
-        match r {
-            Ok(()) => 0,
-            Err(e) => inst.fail(lookup_errno(&e), format_args!("{what}: {e}")),
-        }
-    })
+    // SAFETY: `b` and `dev` as the caller promises.
+    unsafe {
+        on_device(b, what, dev, dir, |inst, dev, dir| {
+            let r = if for_device {
+                inst.bouncer().sync_single_for_device(&dev, DmaAddr(dma), size, dir)
+            } else {
+                inst.bouncer().sync_single_for_cpu(&dev, DmaAddr(dma), size, dir)
+            };
+            match r {
+                Ok(()) => 0,
+                Err(e) => inst.fail(lookup_errno(&e), format_args!("{what}: {e}")),
+            }
+        })
+    }
 }
 
 /// `swiotlb_sync_single_for_cpu`: copies bounce -> original for `DMA_FROM_DEVICE` and
@@ -497,28 +524,16 @@ pub unsafe extern "C" fn bounce_map_sg(
     attrs: u64,
 ) -> c_int {
     const WHAT: &str = "bounce_map_sg";
-    // SAFETY: `b` is NULL or a live instance (caller).
-    entry(unsafe { b.as_ref() }, WHAT, |inst| {
-        // SAFETY: `dev` is NULL or a valid device (caller).
-        let dev = match unsafe { device(inst, WHAT, dev) } {
-            Ok(d) => d,
-            Err(rc) => return rc,
-        };
-        // SAFETY: `sg` is NULL or valid for `nents` entries (caller).
-        let list = match unsafe { sg_list(inst, WHAT, sg, nents) } {
-            Ok(l) => l,
-            Err(rc) => return rc,
-        };
-        let dir = match direction(inst, WHAT, dir) {
-            Ok(d) => d,
-            Err(rc) => return rc,
-        };
-        match inst.bouncer().map_sg(&dev, list, dir, DmaAttrs::from_bits_truncate(attrs)) {
-            // `sg_list` bounded `nents` by INT_MAX.
-            Ok(n) => c_int::try_from(n).unwrap_or(c_int::MAX),
-            Err(e) => inst.fail(map_errno(&e.error), format_args!("{WHAT}: {e}")),
-        }
-    })
+    // SAFETY: `b`, `dev` and `sg` as the caller promises.
+    unsafe {
+        on_list(b, WHAT, dev, sg, nents, dir, |inst, dev, list, dir| {
+            match inst.bouncer().map_sg(&dev, list, dir, DmaAttrs::from_bits_truncate(attrs)) {
+                // `sg_list` bounded `nents` by INT_MAX.
+                Ok(n) => c_int::try_from(n).unwrap_or(c_int::MAX),
+                Err(e) => inst.fail(map_errno(&e.error), format_args!("{WHAT}: {e}")),
+            }
+        })
+    }
 }
 
 /// `unmap_sg`: unmaps every entry of a list mapped by `bounce_map_sg()` (copying back
@@ -543,27 +558,15 @@ pub unsafe extern "C" fn bounce_unmap_sg(
     attrs: u64,
 ) -> c_int {
     const WHAT: &str = "bounce_unmap_sg";
-    // SAFETY: `b` is NULL or a live instance (caller).
-    entry(unsafe { b.as_ref() }, WHAT, |inst| {
-        // SAFETY: `dev` is NULL or a valid device (caller).
-        let dev = match unsafe { device(inst, WHAT, dev) } {
-            Ok(d) => d,
-            Err(rc) => return rc,
-        };
-        // SAFETY: `sg` is NULL or valid for `nents` entries (caller).
-        let list = match unsafe { sg_list(inst, WHAT, sg, nents) } {
-            Ok(l) => l,
-            Err(rc) => return rc,
-        };
-        let dir = match direction(inst, WHAT, dir) {
-            Ok(d) => d,
-            Err(rc) => return rc,
-        };
-        match inst.bouncer().unmap_sg(&dev, list, dir, DmaAttrs::from_bits_truncate(attrs)) {
-            Ok(()) => 0,
-            Err(e) => inst.fail(lookup_errno(&e), format_args!("{WHAT}: {e}")),
-        }
-    })
+    // SAFETY: `b`, `dev` and `sg` as the caller promises.
+    unsafe {
+        on_list(b, WHAT, dev, sg, nents, dir, |inst, dev, list, dir| {
+            match inst.bouncer().unmap_sg(&dev, list, dir, DmaAttrs::from_bits_truncate(attrs)) {
+                Ok(()) => 0,
+                Err(e) => inst.fail(lookup_errno(&e), format_args!("{WHAT}: {e}")),
+            }
+        })
+    }
 }
 
 /// Shared body of the two list syncs.
@@ -579,32 +582,20 @@ unsafe fn sync_sg(
     dir: u32,
     for_device: bool,
 ) -> c_int {
-    // SAFETY: `b` is NULL or a live instance (caller).
-    entry(unsafe { b.as_ref() }, what, |inst| {
-        // SAFETY: `dev` is NULL or a valid device (caller).
-        let dev = match unsafe { device(inst, what, dev) } {
-            Ok(d) => d,
-            Err(rc) => return rc,
-        };
-        // SAFETY: `sg` is NULL or valid for `nents` entries (caller).
-        let list = match unsafe { sg_list(inst, what, sg, nents) } {
-            Ok(l) => l,
-            Err(rc) => return rc,
-        };
-        let dir = match direction(inst, what, dir) {
-            Ok(d) => d,
-            Err(rc) => return rc,
-        };
-        let r = if for_device {
-            inst.bouncer().sync_sg_for_device(&dev, list, dir)
-        } else {
-            inst.bouncer().sync_sg_for_cpu(&dev, list, dir)
-        };
-        match r {
-            Ok(()) => 0,
-            Err(e) => inst.fail(lookup_errno(&e), format_args!("{what}: {e}")),
-        }
-    })
+    // SAFETY: `b`, `dev` and `sg` as the caller promises.
+    unsafe {
+        on_list(b, what, dev, sg, nents, dir, |inst, dev, list, dir| {
+            let r = if for_device {
+                inst.bouncer().sync_sg_for_device(&dev, list, dir)
+            } else {
+                inst.bouncer().sync_sg_for_cpu(&dev, list, dir)
+            };
+            match r {
+                Ok(()) => 0,
+                Err(e) => inst.fail(lookup_errno(&e), format_args!("{what}: {e}")),
+            }
+        })
+    }
 }
 
 /// `sync_sg_for_cpu`: `bounce_sync_single_for_cpu()` on every entry's `dma_address`
