@@ -11,11 +11,12 @@
 //! - [`index`]: page frame number → chunk, on the framework's [`XArray`]; filled when a
 //!   chunk is carved, so the map path never inserts.
 //! - [`pool`]: a class's free buffers, per-chunk free stacks in intrusive lists.
-//! - [`pools`]: [`PoolSet`], the pools + index + engine: map-path operations
-//!   ([`PoolSet::pop`], [`PoolSet::commit`], [`PoolSet::release`], [`PoolSet::push`],
-//!   [`PoolSet::locate`]) and the background run ([`PoolSet::run`]): batched growth
-//!   with one conversion per batch, idle shrinking, the shared-memory cap, quarantine,
-//!   statistics, an audit.
+//! - [`pools`]: [`PoolSet`], the size-classed pools and their index: the configuration
+//!   and presets, the map-path operations ([`PoolSet::pop`], [`PoolSet::commit`],
+//!   [`PoolSet::release`], [`PoolSet::push`], [`PoolSet::locate`], [`PoolSet::refuse`]),
+//!   statistics and an audit; and in `pools/engine.rs` the kccd engine, the background
+//!   run ([`PoolSet::run`]): batched growth with one conversion per batch, blank shells,
+//!   the demand window, idle shrinking, the shared-memory cap, quarantine.
 //! - [`runner`]: [`StepRunner`] (deterministic, virtual clock) and, with feature `std`,
 //!   `ThreadRunner`.
 //!
