@@ -45,9 +45,9 @@ pub use class::{
 pub use index::ChunkIndex;
 pub use pool::{ClassPool, PoolAudit, PoolCounters};
 pub use pools::{
-    default_cap, no_buffer, EngineCounters, Need, PoolConfig, PoolSet, Preset, SetAudit, BLANK_MIN_DIVISOR,
-    CHUNK_IDLE_DIVISOR, DEFAULT_BATCH_PAGES, DEFAULT_CHUNK_BYTES, DEFAULT_HEADROOM_PERCENT, DEFAULT_IDLE_MS,
-    DEFAULT_RESERVE_PERCENT, DEFAULT_STOCK_BYTES,
+    default_cap, no_buffer, EngineCounters, Need, PoolConfig, PoolSet, Preset, RequestCounters, SetAudit,
+    BLANK_MIN_DIVISOR, CHUNK_IDLE_DIVISOR, DEFAULT_BATCH_PAGES, DEFAULT_CHUNK_BYTES, DEFAULT_HEADROOM_PERCENT,
+    DEFAULT_IDLE_MS, DEFAULT_RESERVE_PERCENT, DEFAULT_STOCK_BYTES,
 };
 pub use runner::StepRunner;
 #[cfg(feature = "std")]

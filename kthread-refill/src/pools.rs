@@ -280,6 +280,18 @@ pub const fn no_buffer(size: usize, class_size: usize) -> MapError {
     }
 }
 
+/// Map requests the pools could not serve from their own class, for every strategy
+/// built on a [`PoolSet`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RequestCounters {
+    /// Requests served by a larger class because their own was empty.
+    pub fallbacks: u64,
+    /// Requests refused with [`MapError::Exhausted`].
+    pub no_buffer: u64,
+    /// Requests refused with [`MapError::Cap`].
+    pub cap_reached: u64,
+}
+
 /// How deep a pop may dig for a buffer: who asks decides it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Need {
@@ -381,6 +393,8 @@ pub struct PoolSet<P: Platform> {
     runs: AtomicU64,
     grow_failures: AtomicU64,
     cap_reclaims: AtomicU64,
+    /// Maps served by a larger class ([`PoolSet::note_fallback`]).
+    fallbacks: AtomicU64,
     /// Maps refused as exhausted ([`PoolSet::refuse`]).
     refused_exhausted: AtomicU64,
     /// Maps refused at the cap.
@@ -481,6 +495,7 @@ impl<P: Platform> PoolSet<P> {
             runs: AtomicU64::new(0),
             grow_failures: AtomicU64::new(0),
             cap_reclaims: AtomicU64::new(0),
+            fallbacks: AtomicU64::new(0),
             refused_exhausted: AtomicU64::new(0),
             refused_cap: AtomicU64::new(0),
         })
@@ -579,7 +594,7 @@ impl<P: Platform> PoolSet<P> {
     /// The error for a request of class `class` that found no free buffer anywhere (its
     /// class, blank shells, larger classes): [`MapError::Cap`] when the cap stops the
     /// class from growing, else [`MapError::Exhausted`] (see [`no_buffer`]); counted in
-    /// [`PoolSet::refusals`]. The engine was woken by the failed pop.
+    /// [`PoolSet::request_counters`]. The engine was woken by the failed pop.
     ///
     /// # Context
     /// Any context; never sleeps or allocates.
@@ -594,9 +609,22 @@ impl<P: Platform> PoolSet<P> {
         }
     }
 
-    /// Maps refused so far: `(exhausted, at the cap)`.
-    pub fn refusals(&self) -> (u64, u64) {
-        (self.refused_exhausted.load(Ordering::Relaxed), self.refused_cap.load(Ordering::Relaxed))
+    /// Counts a map that a larger class served because its own had nothing free.
+    ///
+    /// # Context
+    /// Any context.
+    #[inline]
+    pub fn note_fallback(&self) {
+        self.fallbacks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// What became of the maps the pools could not serve from their own class.
+    pub fn request_counters(&self) -> RequestCounters {
+        RequestCounters {
+            fallbacks: self.fallbacks.load(Ordering::Relaxed),
+            no_buffer: self.refused_exhausted.load(Ordering::Relaxed),
+            cap_reached: self.refused_cap.load(Ordering::Relaxed),
+        }
     }
 
     /// Whether class `i`'s chunks are shells.

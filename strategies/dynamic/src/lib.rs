@@ -53,13 +53,12 @@
 extern crate alloc;
 
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU64, Ordering};
 
 use bounce_framework::{
     AuditError, AuditReport, BackgroundReport, BootConfig, Device, InitError, Located, MapError, PhysAddr, Platform,
     PoolStats, ReleaseError, Released, Request, Reservation, Strategy,
 };
-use bounce_refill::{Need, PoolConfig, PoolCounters, PoolSet, SizeClass};
+use bounce_refill::{Need, PoolConfig, PoolCounters, PoolSet, RequestCounters, SizeClass};
 
 pub use bounce_refill;
 
@@ -80,16 +79,8 @@ impl Default for DynamicConfig {
     }
 }
 
-/// Map-path counters of [`Dynamic`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DynamicCounters {
-    /// Requests served by a larger class because their own was empty.
-    pub fallbacks: u64,
-    /// Requests refused with [`MapError::Exhausted`].
-    pub no_buffer: u64,
-    /// Requests refused with [`MapError::Cap`].
-    pub cap_reached: u64,
-}
+/// Map-path counters of [`Dynamic`]: the pool set's.
+pub type DynamicCounters = RequestCounters;
 
 /// One class as seen from outside: geometry and counters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,7 +96,6 @@ pub struct Dynamic<P: Platform> {
     platform: P,
     pools: PoolSet<P>,
     fallback: bool,
-    fallbacks: AtomicU64,
 }
 
 impl<P: Platform> Dynamic<P> {
@@ -165,7 +155,7 @@ impl<P: Platform> Dynamic<P> {
         let DynamicConfig { pools: pool_config, fallback } = config;
         let pools = PoolSet::new(platform.clone(), &pool_config)?;
         pools.fill_reserves()?;
-        Ok(Self { platform, pools, fallback, fallbacks: AtomicU64::new(0) })
+        Ok(Self { platform, pools, fallback })
     }
 
     /// The pools (classes, index, engine).
@@ -186,11 +176,7 @@ impl<P: Platform> Dynamic<P> {
 
     /// Map-path counters.
     pub fn counters(&self) -> DynamicCounters {
-        DynamicCounters {
-            fallbacks: self.fallbacks.load(Ordering::Relaxed),
-            no_buffer: self.pools.refusals().0,
-            cap_reached: self.pools.refusals().1,
-        }
+        self.pools.request_counters()
     }
 
     /// Every class with its counters (allocates: diagnostics).
@@ -219,7 +205,7 @@ impl<P: Platform> Strategy for Dynamic<P> {
             // Larger classes are aligned at least as much and hold the request too.
             buf = self.pools.pop_larger(choice.class, need);
             if buf.is_some() {
-                self.fallbacks.fetch_add(1, Ordering::Relaxed);
+                self.pools.note_fallback();
             }
         }
         let Some(buf) = buf else { return Err(self.pools.refuse(req, choice.class)) };

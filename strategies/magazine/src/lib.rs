@@ -78,7 +78,7 @@ use bounce_framework::{
     AuditError, AuditReport, BackgroundReport, BootConfig, Device, InitError, Located, LogLevel, MapError, PhysAddr,
     Platform, PoolStats, ReleaseError, Released, Request, Reservation, Strategy,
 };
-use bounce_refill::{FreeBuffer, Need, PoolSet};
+use bounce_refill::{FreeBuffer, Need, PoolSet, RequestCounters};
 
 pub use bounce_refill;
 pub use config::{MagazineConfig, RoundsSetting};
@@ -156,7 +156,6 @@ pub struct Magazine<P: Platform> {
     reap_ns: u64,
     last_trim: AtomicU64,
     last_reap: AtomicU64,
-    fallbacks: AtomicU64,
     trims: AtomicU64,
     reaps: AtomicU64,
     stocked: AtomicU64,
@@ -261,7 +260,6 @@ impl<P: Platform> Magazine<P> {
             reap_ns: reap_ms.saturating_mul(1_000_000),
             last_trim: AtomicU64::new(0),
             last_reap: AtomicU64::new(0),
-            fallbacks: AtomicU64::new(0),
             trims: AtomicU64::new(0),
             reaps: AtomicU64::new(0),
             stocked: AtomicU64::new(0),
@@ -285,10 +283,11 @@ impl<P: Platform> Magazine<P> {
 
     /// Strategy counters.
     pub fn counters(&self) -> MagazineCounters {
+        let RequestCounters { fallbacks, no_buffer, cap_reached } = self.pools.request_counters();
         MagazineCounters {
-            fallbacks: self.fallbacks.load(Ordering::Relaxed),
-            no_buffer: self.pools.refusals().0,
-            cap_reached: self.pools.refusals().1,
+            fallbacks,
+            no_buffer,
+            cap_reached,
             trims: self.trims.load(Ordering::Relaxed),
             reaps: self.reaps.load(Ordering::Relaxed),
             stocked: self.stocked.load(Ordering::Relaxed),
@@ -394,7 +393,7 @@ impl<P: Platform> Strategy for Magazine<P> {
             let larger = if self.fallback { choice.class + 1..self.pools.table().len() } else { 0..0 };
             let buf = larger.into_iter().find_map(|c| self.alloc(req.cpu, c, need).map(|(b, _)| b));
             if buf.is_some() {
-                self.fallbacks.fetch_add(1, Ordering::Relaxed);
+                self.pools.note_fallback();
             }
             buf
         };
