@@ -53,3 +53,36 @@ pub use runner::StepRunner;
 #[cfg(feature = "std")]
 pub use runner::{RunnerOptions, RunnerTotals, ThreadRunner};
 pub use stock::{Stock, StockSnapshot};
+
+/// The `Strategy` methods a strategy built on a [`PoolSet`] answers from the set alone:
+/// `locate`, `owns`, `max_mapping_size`, `addressing_limit`, `stats` and
+/// `reset_hiwater`. Expand it inside `impl Strategy for ...`, naming the field that
+/// holds the set: `bounce_refill::pool_queries!(pools);`.
+#[macro_export]
+macro_rules! pool_queries {
+    ($pools:ident) => {
+        fn locate(&self, addr: ::bounce_framework::PhysAddr) -> ::core::option::Option<::bounce_framework::Located> {
+            self.$pools.locate(addr)
+        }
+
+        fn owns(&self, addr: ::bounce_framework::PhysAddr) -> bool {
+            self.$pools.owns(addr)
+        }
+
+        fn max_mapping_size(&self, dev: &::bounce_framework::Device) -> usize {
+            self.$pools.table().max_mapping_size(dev.min_align_mask)
+        }
+
+        fn addressing_limit(&self) -> ::bounce_framework::PhysAddr {
+            self.$pools.limit()
+        }
+
+        fn stats(&self) -> ::bounce_framework::PoolStats {
+            self.$pools.pool_stats()
+        }
+
+        fn reset_hiwater(&self) {
+            self.$pools.usage().reset_hiwater();
+        }
+    };
+}

@@ -55,8 +55,8 @@ extern crate alloc;
 use alloc::vec::Vec;
 
 use bounce_framework::{
-    AuditError, AuditReport, BackgroundReport, BootConfig, Device, InitError, Located, MapError, PhysAddr, Platform,
-    PoolStats, ReleaseError, Released, Request, Reservation, Strategy,
+    AuditError, AuditReport, BackgroundReport, BootConfig, InitError, MapError, PhysAddr, Platform, ReleaseError,
+    Released, Request, Reservation, Strategy,
 };
 use bounce_refill::{Need, PoolConfig, PoolCounters, PoolSet, RequestCounters, SizeClass};
 
@@ -219,29 +219,7 @@ impl<P: Platform> Strategy for Dynamic<P> {
         Ok(rel)
     }
 
-    fn locate(&self, addr: PhysAddr) -> Option<Located> {
-        self.pools.locate(addr)
-    }
-
-    fn owns(&self, addr: PhysAddr) -> bool {
-        self.pools.owns(addr)
-    }
-
-    fn max_mapping_size(&self, dev: &Device) -> usize {
-        self.pools.table().max_mapping_size(dev.min_align_mask)
-    }
-
-    fn addressing_limit(&self) -> PhysAddr {
-        self.pools.limit()
-    }
-
-    fn stats(&self) -> PoolStats {
-        self.pools.pool_stats()
-    }
-
-    fn reset_hiwater(&self) {
-        self.pools.usage().reset_hiwater();
-    }
+    bounce_refill::pool_queries!(pools);
 
     fn background_pending(&self) -> bool {
         self.pools.pending(self.platform.now_ns())

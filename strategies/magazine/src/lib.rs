@@ -75,8 +75,8 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use bounce_framework::{
-    AuditError, AuditReport, BackgroundReport, BootConfig, Device, InitError, Located, LogLevel, MapError, PhysAddr,
-    Platform, PoolStats, ReleaseError, Released, Request, Reservation, Strategy,
+    AuditError, AuditReport, BackgroundReport, BootConfig, InitError, LogLevel, MapError, PhysAddr, Platform,
+    ReleaseError, Released, Request, Reservation, Strategy,
 };
 use bounce_refill::{FreeBuffer, Need, PoolSet, RequestCounters};
 
@@ -412,29 +412,7 @@ impl<P: Platform> Strategy for Magazine<P> {
         Ok(rel)
     }
 
-    fn locate(&self, addr: PhysAddr) -> Option<Located> {
-        self.pools.locate(addr)
-    }
-
-    fn owns(&self, addr: PhysAddr) -> bool {
-        self.pools.owns(addr)
-    }
-
-    fn max_mapping_size(&self, dev: &Device) -> usize {
-        self.pools.table().max_mapping_size(dev.min_align_mask)
-    }
-
-    fn addressing_limit(&self) -> PhysAddr {
-        self.pools.limit()
-    }
-
-    fn stats(&self) -> PoolStats {
-        self.pools.pool_stats()
-    }
-
-    fn reset_hiwater(&self) {
-        self.pools.usage().reset_hiwater();
-    }
+    bounce_refill::pool_queries!(pools);
 
     fn background_pending(&self) -> bool {
         self.background_pending_at(self.platform.now_ns())
