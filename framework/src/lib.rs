@@ -51,6 +51,7 @@ pub use platform::{AllocContext, BouncedEvent, LogLevel, PageRequest, Platform};
 pub use shared::{ConversionStats, SharedMemory};
 pub use stats::{BounceSnapshot, BounceStats, DebugfsView, PoolStats, RefillStats, UsageCounter};
 pub use strategy::{
-    AuditError, AuditReport, BackgroundReport, Located, ReleaseError, Released, Request, Reservation, Strategy,
+    AuditError, AuditReport, BackgroundReport, Located, PoolShape, ReleaseError, Released, Request, Reservation,
+    Strategy, TestProfile,
 };
 pub use xarray::{AllocKind, XArray, XaError};

@@ -234,3 +234,39 @@ macro_rules! strategy_trait {
 }
 
 strategy_trait!();
+
+/// The shape of a strategy's shared memory, as the workspace's strategy-generic tests
+/// (the fault matrix, the hostile-host tests, the fuzzer) judge it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolShape {
+    /// One pool sized and converted at boot, as Linux's swiotlb: it never grows, never
+    /// returns memory while it runs, has no background work, and refuses a request it
+    /// cannot hold with [`MapError::Exhausted`](crate::MapError::Exhausted) carrying
+    /// the facts `total slots` and `used slots`.
+    Fixed,
+    /// Memory grown by background conversions up to a cap (refusing with
+    /// [`MapError::Cap`](crate::MapError::Cap) there), idle memory returned to private,
+    /// and [`MapError::Exhausted`](crate::MapError::Exhausted) with the fact `class`
+    /// when nothing ready fits.
+    Growing,
+}
+
+/// How the workspace's strategy-generic tests boot a strategy and what they expect of
+/// it: each strategy crate exports one as `TEST_PROFILE`, and the registry hands it to
+/// the tests, so a new strategy needs no line in them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TestProfile {
+    /// What kind of pool the strategy keeps.
+    pub pool: PoolShape,
+    /// The fault matrix's command line (`strategies/tests/fault_matrix.rs`). A fixed
+    /// pool: `swiotlb=512` (1 MiB, converted in 64-page calls on the matrix's guest). A
+    /// growing pool: one 8 KiB class of 8 buffers per chunk (17 pages with the
+    /// alignment page, converted in one call), a boot target of one chunk with a
+    /// reserve of 2 buffers, idle memory returned at once, and a cap of 8 chunks
+    /// (544 KiB).
+    pub fault_matrix: &'static str,
+    /// The hostile-host tests' command line (`strategies/tests/hostile_host.rs`): a
+    /// pool of a few MiB at most that serves 600 maps of 2 000 bytes with background
+    /// work between them; a growing pool returns what demand no longer needs at once.
+    pub hostile_host: &'static str,
+}

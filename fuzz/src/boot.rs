@@ -13,9 +13,9 @@
 //!   boundary, every device, every direction, syncs, background runs), and once dropped
 //!   with nothing mapped has returned every page.
 
-use bounce_framework::sim::set_current_cpu;
-use bounce_framework::{BootConfig, InitError};
-use bounce_strategies::{AnyStrategy, StrategyKind, KNOWN_STRATEGIES};
+use bounce_framework::sim::{set_current_cpu, SimGuest};
+use bounce_framework::{BootConfig, InitError, PoolShape};
+use bounce_strategies::{AnyStrategy, KNOWN_STRATEGIES};
 
 use crate::ops::{self, Addr, Expect, FuzzOp, OpsInput, Size};
 
@@ -57,7 +57,7 @@ pub fn check(text: &str) {
     let guest = ops::guest(false);
     match AnyStrategy::from_boot(guest.clone(), &cfg) {
         Ok(strategy) => {
-            let fixed_pool = strategy.kind() == StrategyKind::Legacy;
+            let fixed_pool = AnyStrategy::<SimGuest>::test_profile(strategy.kind()).pool == PoolShape::Fixed;
             let input = OpsInput { strategy: 0, config: 0, scrub: cfg.scrub, ops: probe_ops() };
             // `run` ends with the strategy dropped and every page checked returned.
             ops::run(strategy, guest, &input, Expect { fixed_pool, alias: false });

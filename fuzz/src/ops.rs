@@ -1047,7 +1047,8 @@ pub fn run_input(input: &OpsInput) -> Tally {
     let alias = (input.config / 4) % 2 == 1;
     let guest = guest(alias);
     let strategy = crate::strategies::boot(&guest, cmdline);
-    let fixed_pool = kind == bounce_strategies::StrategyKind::Legacy;
+    let fixed_pool =
+        bounce_strategies::AnyStrategy::<SimGuest>::test_profile(kind).pool == bounce_framework::PoolShape::Fixed;
     run(strategy, guest, input, Expect { fixed_pool, alias })
 }
 

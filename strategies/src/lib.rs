@@ -39,7 +39,7 @@ extern crate alloc;
 use alloc::format;
 use core::fmt;
 
-use bounce_framework::{BootConfig, InitError, Platform, Strategy};
+use bounce_framework::{BootConfig, InitError, Platform, Strategy, TestProfile};
 
 pub use bounce_dynamic::Dynamic;
 pub use bounce_legacy::Legacy;
@@ -173,6 +173,14 @@ macro_rules! strategies {
             pub const fn small_cmdlines(kind: StrategyKind) -> &'static [&'static str] {
                 match kind {
                     $(StrategyKind::$variant => $ty::<P>::SMALL_CMDLINES,)+
+                }
+            }
+
+            /// What the strategy-generic tests (fault matrix, hostile host, fuzzer)
+            /// boot and expect of the strategy of `kind` (its `TEST_PROFILE`).
+            pub const fn test_profile(kind: StrategyKind) -> TestProfile {
+                match kind {
+                    $(StrategyKind::$variant => $ty::<P>::TEST_PROFILE,)+
                 }
             }
         }

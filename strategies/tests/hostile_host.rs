@@ -15,24 +15,13 @@
 use bounce_framework::conformance::pattern;
 use bounce_framework::sim::{set_current_cpu, DeviceError, PlatformKind, SimConfig, SimDevice, SimGuest};
 use bounce_framework::{
-    BootConfig, Bouncer, BouncerOptions, Device, DmaAddr, DmaAttrs, DmaDirection, Platform, Strategy,
+    BootConfig, Bouncer, BouncerOptions, Device, DmaAddr, DmaAttrs, DmaDirection, Platform, PoolShape, Strategy,
 };
 use bounce_strategies::{AnyStrategy, StrategyKind, KNOWN_STRATEGIES};
 
+/// The strategy's hostile-host command line (its `TEST_PROFILE`).
 fn cmdline(kind: StrategyKind) -> &'static str {
-    match kind {
-        StrategyKind::Legacy => "swiotlb=4096 swiotlb.strategy=legacy",
-        // Small floors and no blank shells kept (a stock below one shell), so memory
-        // that demand no longer needs goes back to private at once (`idle_ms=0`).
-        StrategyKind::Dynamic => {
-            "swiotlb.strategy=dynamic swiotlb.dynamic.classes=512:64,2K:16,4K:64,16K:16 swiotlb.dynamic.cap=16M \
-             swiotlb.dynamic.stock=4K swiotlb.dynamic.idle_ms=0"
-        }
-        StrategyKind::Magazine => {
-            "swiotlb.strategy=magazine swiotlb.magazine.classes=512:64,2K:16,4K:64,16K:16 \
-             swiotlb.magazine.cap=16M swiotlb.magazine.stock=4K swiotlb.magazine.idle_ms=0"
-        }
-    }
+    AnyStrategy::<SimGuest>::test_profile(kind).hostile_host
 }
 
 struct Host {
@@ -66,21 +55,13 @@ impl Host {
     /// left (magazine: trimming and reaping are due every time).
     fn settle(&mut self) {
         self.now += 2_000_000_000;
+        self.guest.set_clock(self.now);
+        let s = self.bouncer.strategy();
         for _ in 0..1000 {
-            let now = self.now;
-            let pending = match self.bouncer.strategy() {
-                AnyStrategy::Legacy(l) => l.background_pending(),
-                AnyStrategy::Dynamic(d) => d.background_pending_at(now),
-                AnyStrategy::Magazine(m) => m.background_pending_at(now),
-            };
-            if !pending {
+            if !s.background_pending() {
                 return;
             }
-            match self.bouncer.strategy() {
-                AnyStrategy::Legacy(l) => l.run_background(),
-                AnyStrategy::Dynamic(d) => d.run_background_at(now),
-                AnyStrategy::Magazine(m) => m.run_background_at(now),
-            };
+            s.run_background();
         }
         panic!("{}: background work does not settle", self.kind);
     }
@@ -149,9 +130,9 @@ fn what_the_host_reads_after_unmap_scrub_off_and_on() {
 }
 
 /// Memory leaves the host's reach exactly when the strategy converts it back: a bounce
-/// address the host can still read is one the strategy still owns (shared). The pooled
-/// strategies return idle chunks (here at once, `idle_ms=0`), so some earlier bounce
-/// addresses become unreadable; legacy keeps its pool shared until it is dropped. After
+/// address the host can still read is one the strategy still owns (shared). Strategies with
+/// growing pools return idle memory (here at once, `idle_ms=0`), so some earlier bounce
+/// addresses become unreadable; a fixed pool stays shared until it is dropped. After
 /// the drop, none is readable.
 #[test]
 fn host_loses_access_when_memory_returns_to_private() {
@@ -186,8 +167,8 @@ fn host_loses_access_when_memory_returns_to_private() {
                 }
             }
         }
-        if kind == StrategyKind::Legacy {
-            assert_eq!(gone, 0, "legacy never returns pool memory while it runs");
+        if AnyStrategy::<SimGuest>::test_profile(kind).pool == PoolShape::Fixed {
+            assert_eq!(gone, 0, "{kind}: a fixed pool never returns memory while it runs");
         } else {
             let st = h.bouncer.strategy().stats();
             assert!(gone > 0, "{kind}: no idle memory was returned to private: {st:?}");

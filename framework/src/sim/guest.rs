@@ -354,6 +354,9 @@ struct Inner {
     alloc: Mutex<PageAllocator>,
     faults: FaultInjector,
     start: Instant,
+    /// The time [`Platform::now_ns`] reports when set with [`SimGuest::set_clock`];
+    /// `u64::MAX`: the real time since boot.
+    clock_ns: AtomicU64,
     virtual_ns: AtomicU64,
     decrypt_calls: AtomicU64,
     pages_decrypted: AtomicU64,
@@ -438,6 +441,7 @@ impl SimGuest {
             alloc: Mutex::new(PageAllocator { bitmap: vec![0; pages.div_ceil(64)], pages, allocated: 0 }),
             faults: FaultInjector::default(),
             start: Instant::now(),
+            clock_ns: AtomicU64::new(u64::MAX),
             virtual_ns: AtomicU64::new(0),
             decrypt_calls: AtomicU64::new(0),
             pages_decrypted: AtomicU64::new(0),
@@ -554,6 +558,15 @@ impl SimGuest {
     /// Trace lines recorded.
     pub fn trace_lines(&self) -> Vec<String> {
         self.inner.trace.lock().clone().unwrap_or_default()
+    }
+
+    /// Stops the guest's clock at `ns`: from now on [`Platform::now_ns`] reports `ns`
+    /// until the next call, so deterministic tests drive every strategy's background
+    /// rules (back-off, idle times, periods) through the platform, with no strategy
+    /// specific entry point.
+    pub fn set_clock(&self, ns: u64) {
+        assert_ne!(ns, u64::MAX, "u64::MAX is the real clock's marker");
+        self.inner.clock_ns.store(ns, Ordering::SeqCst);
     }
 
     /// Hardware-side counters.
@@ -902,7 +915,10 @@ impl Platform for SimGuest {
     }
 
     fn now_ns(&self) -> u64 {
-        self.inner.start.elapsed().as_nanos() as u64
+        match self.inner.clock_ns.load(Ordering::SeqCst) {
+            u64::MAX => self.inner.start.elapsed().as_nanos() as u64,
+            ns => ns,
+        }
     }
 
     fn wake_refill(&self) {

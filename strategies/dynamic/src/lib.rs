@@ -55,8 +55,8 @@ extern crate alloc;
 use alloc::vec::Vec;
 
 use bounce_framework::{
-    AuditError, AuditReport, BackgroundReport, BootConfig, InitError, MapError, PhysAddr, Platform, ReleaseError,
-    Released, Request, Reservation, Strategy,
+    AuditError, AuditReport, BackgroundReport, BootConfig, InitError, MapError, PhysAddr, Platform, PoolShape,
+    ReleaseError, Released, Request, Reservation, Strategy, TestProfile,
 };
 use bounce_refill::{Need, PoolConfig, PoolCounters, PoolSet, RequestCounters, SizeClass};
 
@@ -114,6 +114,18 @@ impl<P: Platform> Dynamic<P> {
         "swiotlb.strategy=dynamic swiotlb.dynamic.cap=3M swiotlb.dynamic.classes=512:16,4K:64,256K:4 \
          swiotlb.dynamic.idle_ms=0 swiotlb.dynamic.batch=16",
 ];
+
+    /// What the strategy-generic tests boot and expect: a growing pool. The fault
+    /// matrix runs the seed's layout (a chunk per conversion, so its page arithmetic is
+    /// exact); the hostile host gets small floors and no blank shells kept (a stock
+    /// below one shell), so memory demand no longer needs goes back at once.
+    pub const TEST_PROFILE: TestProfile = TestProfile {
+        pool: PoolShape::Growing,
+        fault_matrix: "swiotlb.strategy=dynamic swiotlb.dynamic.preset=seed swiotlb.dynamic.classes=8K:8 \
+                       swiotlb.dynamic.cap=544K swiotlb.dynamic.idle_ms=0 swiotlb.dynamic.reserve=25",
+        hostile_host: "swiotlb.strategy=dynamic swiotlb.dynamic.classes=512:64,2K:16,4K:64,16K:16 \
+                       swiotlb.dynamic.cap=16M swiotlb.dynamic.stock=4K swiotlb.dynamic.idle_ms=0",
+    };
     /// The `swiotlb.dynamic.*` parameters.
     pub const PARAMS: &'static [&'static str] =
         &["preset", "classes", "cap", "batch", "idle_ms", "reserve", "limit", "headroom", "chunk", "stock", "fallback"];

@@ -87,9 +87,9 @@ use core::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use bounce_framework::{
     AuditError, AuditReport, BackgroundReport, BootConfig, Detail, Device, ForceMode, GrowError, InitError, IrqMutex,
-    Located, LogLevel, MapError, PageCount, PageRequest, PhysAddr, Platform, PlatformError, PoolStats, RefillStats,
-    ReleaseError, Released, Request, Reservation, SharedMemory, SlotCount, Strategy, UsageCounter, IO_TLB_SEGSIZE,
-    IO_TLB_SHIFT, IO_TLB_SIZE, PAGE_SIZE,
+    Located, LogLevel, MapError, PageCount, PageRequest, PhysAddr, Platform, PlatformError, PoolShape, PoolStats,
+    RefillStats, ReleaseError, Released, Request, Reservation, SharedMemory, SlotCount, Strategy, TestProfile,
+    UsageCounter, IO_TLB_SEGSIZE, IO_TLB_SHIFT, IO_TLB_SIZE, PAGE_SIZE,
 };
 
 pub use config::{
@@ -238,6 +238,13 @@ impl<P: Platform> Legacy<P> {
         "swiotlb=512,1 swiotlb.strategy=legacy",
         "swiotlb=640,1,force swiotlb.strategy=legacy",
     ];
+
+    /// What the strategy-generic tests boot and expect: Linux's fixed pool.
+    pub const TEST_PROFILE: TestProfile = TestProfile {
+        pool: PoolShape::Fixed,
+        fault_matrix: "swiotlb=512 swiotlb.strategy=legacy",
+        hostile_host: "swiotlb=4096 swiotlb.strategy=legacy",
+    };
 
     /// The `swiotlb.legacy.*` parameters: none. The pool is sized by Linux's own
     /// `swiotlb=<slots>[,<areas>]`, so any `swiotlb.legacy.<param>` is an error.

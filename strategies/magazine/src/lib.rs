@@ -76,7 +76,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use bounce_framework::{
     AuditError, AuditReport, BackgroundReport, BootConfig, InitError, LogLevel, MapError, PhysAddr, Platform,
-    ReleaseError, Released, Request, Reservation, Strategy,
+    PoolShape, ReleaseError, Released, Request, Reservation, Strategy, TestProfile,
 };
 use bounce_refill::{FreeBuffer, Need, PoolSet, RequestCounters};
 
@@ -181,6 +181,17 @@ impl<P: Platform> Magazine<P> {
          swiotlb.magazine.rounds=4,8,1 swiotlb.magazine.max_rounds=16,16,1 swiotlb.magazine.depot_target=4 \
          swiotlb.magazine.idle_ms=0",
 ];
+
+    /// What the strategy-generic tests boot and expect: a growing pool, as dynamic's
+    /// profile, with small magazines (4 rounds) in the fault matrix.
+    pub const TEST_PROFILE: TestProfile = TestProfile {
+        pool: PoolShape::Growing,
+        fault_matrix: "swiotlb.strategy=magazine swiotlb.magazine.preset=seed swiotlb.magazine.classes=8K:8 \
+                       swiotlb.magazine.cap=544K swiotlb.magazine.idle_ms=0 swiotlb.magazine.reserve=25 \
+                       swiotlb.magazine.rounds=4 swiotlb.magazine.max_rounds=4",
+        hostile_host: "swiotlb.strategy=magazine swiotlb.magazine.classes=512:64,2K:16,4K:64,16K:16 \
+                       swiotlb.magazine.cap=16M swiotlb.magazine.stock=4K swiotlb.magazine.idle_ms=0",
+    };
     /// The `swiotlb.magazine.*` parameters (see [`config`]).
     pub const PARAMS: &'static [&'static str] = &[
         "preset",
