@@ -679,11 +679,11 @@ pub(crate) fn settle<S: Strategy>(bouncer: &Bouncer<SimGuest, S>) {
     }
 }
 
-/// The refill thread (kccd): bounce-refill's std-thread runner, woken by the map path
+/// The refill thread (kccd): bounce-pools's std-thread runner, woken by the map path
 /// through the simulated guest and ticking every few milliseconds, calling the
 /// strategy's `run_background()` until stopped.
 pub struct RefillThread {
-    runner: Option<bounce_refill::ThreadRunner>,
+    runner: Option<bounce_pools::ThreadRunner>,
 }
 
 impl RefillThread {
@@ -710,13 +710,13 @@ impl RefillThread {
     }
 
     fn spawn(guest: SimGuest, work: impl FnMut() -> BackgroundReport + Send + 'static) -> Self {
-        let runner = bounce_refill::ThreadRunner::for_sim(guest, work).expect("spawning the refill thread");
+        let runner = bounce_pools::ThreadRunner::for_sim(guest, work).expect("spawning the refill thread");
         Self { runner: Some(runner) }
     }
 
     /// Stops and joins the thread; returns how often it ran.
-    pub fn stop(mut self) -> bounce_refill::RunnerTotals {
-        self.runner.take().map(bounce_refill::ThreadRunner::stop).unwrap_or_default()
+    pub fn stop(mut self) -> bounce_pools::RunnerTotals {
+        self.runner.take().map(bounce_pools::ThreadRunner::stop).unwrap_or_default()
     }
 }
 

@@ -123,7 +123,7 @@ pub(crate) mod fixture {
             let mut st = self.state.lock();
             let next = if self.reuse { st.free[c].last().copied() } else { st.free[c].pop() };
             let Some(i) = next else {
-                return Err(bounce_refill::no_buffer(req.size, self.table[c].stride));
+                return Err(bounce_pools::no_buffer(req.size, self.table[c].stride));
             };
             let start = self.table[c].base + (i * self.table[c].stride + offset) as u64;
             st.live[c][i] = Some(Live { start, orig: req.orig, size: req.alloc_size });

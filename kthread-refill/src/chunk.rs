@@ -176,7 +176,7 @@ impl Chunk {
     /// # Panics
     /// When the chunk is not a blank shell or cannot take the class (a caller bug).
     pub(crate) fn reshape(&self, class_index: usize, class: &SizeClass) {
-        assert!(self.class() == BLANK && self.can_take(class), "bounce-refill: reshaping {self:?} for {class:?}");
+        assert!(self.class() == BLANK && self.can_take(class), "bounce-pools: reshaping {self:?} for {class:?}");
         let n = self.pages.bytes() / class.size;
         for (slot, i) in self.free_stack[..n].iter().zip((0..n as u32).rev()) {
             slot.store(i, Ordering::Relaxed);
@@ -197,7 +197,7 @@ impl Chunk {
     /// # Panics
     /// When the chunk is not a shell or has a buffer out (a caller bug).
     pub(crate) fn blank(&self) {
-        assert!(self.shell && self.free_count() == self.buffers(), "bounce-refill: blanking {self:?}");
+        assert!(self.shell && self.free_count() == self.buffers(), "bounce-pools: blanking {self:?}");
         self.class.store(BLANK, Ordering::Release);
         self.buffers.store(0, Ordering::Relaxed);
         self.free_top.store(0, Ordering::Relaxed);
@@ -291,7 +291,7 @@ impl Chunk {
     /// Pushes a free buffer index. Caller holds the pool lock and owns the buffer.
     pub(crate) fn push_free(&self, i: u32) {
         let top = self.free_top.load(Ordering::Relaxed);
-        assert!((top as usize) < self.buffers(), "bounce-refill: more buffers pushed than a chunk holds (double free)");
+        assert!((top as usize) < self.buffers(), "bounce-pools: more buffers pushed than a chunk holds (double free)");
         self.free_stack[top as usize].store(i, Ordering::Relaxed);
         self.free_top.store(top + 1, Ordering::Relaxed);
     }

@@ -1,4 +1,4 @@
-//! # bounce-refill: the kccd refill engine
+//! # bounce-pools: size-classed pools of shared buffers and their kccd engine
 //!
 //! Everything a strategy built from size-classed pools of shared buffers needs, and no
 //! strategy logic:
@@ -57,7 +57,7 @@ pub use stock::{Stock, StockSnapshot};
 /// The `Strategy` methods a strategy built on a [`PoolSet`] answers from the set alone:
 /// `locate`, `owns`, `max_mapping_size`, `addressing_limit`, `stats` and
 /// `reset_hiwater`. Expand it inside `impl Strategy for ...`, naming the field that
-/// holds the set: `bounce_refill::pool_queries!(pools);`.
+/// holds the set: `bounce_pools::pool_queries!(pools);`.
 #[macro_export]
 macro_rules! pool_queries {
     ($pools:ident) => {

@@ -723,7 +723,7 @@ impl<P: Platform> PoolSet<P> {
     pub fn commit(&self, buf: FreeBuffer, orig: PhysAddr, offset: usize, alloc_size: usize) -> PhysAddr {
         assert!(
             offset.checked_add(alloc_size).is_some_and(|e| e <= buf.size()),
-            "bounce-refill: {alloc_size} bytes at offset {offset} overflow a {}-byte buffer",
+            "bounce-pools: {alloc_size} bytes at offset {offset} overflow a {}-byte buffer",
             buf.size()
         );
         self.usage.add(buf.size());

@@ -5,7 +5,7 @@
 
 use bounce_framework::sim::{count_allocations, CountingAlloc, PlatformKind, SimConfig, SimGuest};
 use bounce_framework::PAGE_SIZE;
-use bounce_refill::{FreeBuffer, Need, PoolConfig, PoolSet, StepRunner};
+use bounce_pools::{FreeBuffer, Need, PoolConfig, PoolSet, StepRunner};
 
 #[global_allocator]
 static GLOBAL: CountingAlloc = CountingAlloc;

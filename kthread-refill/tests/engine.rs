@@ -2,7 +2,7 @@
 
 use bounce_framework::sim::{PageState, PlatformKind, SimConfig, SimGuest};
 use bounce_framework::{PhysAddr, Platform, ReleaseError, PAGE_SIZE};
-use bounce_refill::{ClassSpec, FreeBuffer, Need, PoolConfig, PoolSet, StepRunner};
+use bounce_pools::{ClassSpec, FreeBuffer, Need, PoolConfig, PoolSet, StepRunner};
 
 fn guest() -> SimGuest {
     SimGuest::new(SimConfig::new(PlatformKind::Tdx, 64 << 20, 2))
@@ -345,7 +345,7 @@ fn audit_reports_held_buffers_and_catches_counter_drift() {
 #[cfg(feature = "sim")]
 #[test]
 fn thread_runner_refills_after_a_wake_and_stops() {
-    use bounce_refill::ThreadRunner;
+    use bounce_pools::ThreadRunner;
     use std::sync::Arc;
     use std::time::{Duration, Instant};
     let g = guest();

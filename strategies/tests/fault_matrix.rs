@@ -39,7 +39,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use bounce_dynamic::bounce_refill::{PoolConfig, PoolSet};
+use bounce_dynamic::bounce_pools::{PoolConfig, PoolSet};
 use bounce_framework::conformance::pattern;
 use bounce_framework::sim::{set_current_cpu, PageState, PlatformKind, SimConfig, SimDevice, SimGuest, SimStats};
 use bounce_framework::{
@@ -179,7 +179,7 @@ impl Rig {
     }
 
     /// The size-class pools of a growing strategy, for the cases only growing pools
-    /// run: the pool family (`bounce_refill`) is what gives them chunks, an engine
+    /// run: the pool family (`bounce_pools`) is what gives them chunks, an engine
     /// to ask and a cap counter.
     #[allow(
         clippy::match_wildcard_for_single_variants,

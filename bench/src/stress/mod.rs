@@ -12,7 +12,7 @@
 //!   [`SG_ONE_IN`] is a scatter-gather list; one mapping in [`PARTIAL_ONE_IN`] gets a
 //!   partial sync (some running past the mapping's end, which must be clamped); one unmap
 //!   in [`REMOTE_ONE_IN`] runs on another simulated CPU. The refill engine (kccd:
-//!   bounce-refill's `ThreadRunner` calling `run_background`) races the workers on its
+//!   bounce-pools's `ThreadRunner` calling `run_background`) races the workers on its
 //!   own thread.
 //! - **Data.** Each thread keeps a model of its original buffers and of what every live
 //!   bounce buffer must hold. The CPU writes a fresh pattern before every map; the

@@ -239,7 +239,7 @@ impl<P: Platform> PoolSet<P> {
         if let Err(e) = self.shared.free_shared(chunk.base(), chunk.pages()) {
             self.platform.log(
                 bounce_framework::LogLevel::Error,
-                format_args!("bounce-refill: returning {} pages at {}: {e}", chunk.pages().get(), chunk.base()),
+                format_args!("bounce-pools: returning {} pages at {}: {e}", chunk.pages().get(), chunk.base()),
             );
         }
     }
@@ -278,7 +278,7 @@ impl<P: Platform> PoolSet<P> {
                         if !matches!(e, GrowError::Cap { .. }) {
                             self.platform.log(
                                 bounce_framework::LogLevel::Warn,
-                                format_args!("bounce-refill: building blank shells: {e}"),
+                                format_args!("bounce-pools: building blank shells: {e}"),
                             );
                         }
                         break;
@@ -312,7 +312,7 @@ impl<P: Platform> PoolSet<P> {
         let (_, r) = self.stock.shrink(&self.shared, 0, now, self.idle_ns);
         if let Err(e) = r {
             self.platform
-                .log(bounce_framework::LogLevel::Error, format_args!("bounce-refill: returning idle stock: {e}"));
+                .log(bounce_framework::LogLevel::Error, format_args!("bounce-pools: returning idle stock: {e}"));
         }
     }
 
@@ -490,7 +490,7 @@ impl<P: Platform> PoolSet<P> {
                     self.retry_at[i].store(now.saturating_add(self.retry_ns).max(1), Ordering::Relaxed);
                     self.platform.log(
                         bounce_framework::LogLevel::Warn,
-                        format_args!("bounce-refill: growing the {}-byte class: {e}", self.table.get(i).size),
+                        format_args!("bounce-pools: growing the {}-byte class: {e}", self.table.get(i).size),
                     );
                 }
             }

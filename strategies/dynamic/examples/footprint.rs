@@ -22,7 +22,7 @@ use bounce_dynamic::{Dynamic, DynamicConfig};
 use bounce_framework::sim::{PlatformKind, SimConfig, SimGuest};
 use bounce_framework::{Bouncer, BouncerOptions, Device, DmaAddr, DmaAttrs, DmaDirection, Strategy};
 use bounce_legacy::{Legacy, LegacyConfig};
-use bounce_refill::{ClassSpec, PoolConfig};
+use bounce_pools::{ClassSpec, PoolConfig};
 use common::SeedSizes;
 
 const MIB: f64 = (1 << 20) as f64;
@@ -129,7 +129,7 @@ fn print(name: &str, n: usize, r: &Row) {
 }
 
 fn main() {
-    let seed = bounce_refill::SEED_CLASSES.to_vec();
+    let seed = bounce_pools::SEED_CLASSES.to_vec();
     // The seed's sizes with targets a sixteenth of the seed's (about 6 MiB kept ready).
     let small: Vec<ClassSpec> = seed.iter().map(|c| ClassSpec::new(c.size, (c.target / 16).max(2))).collect();
     // Intermediate classes for the >16 KiB tail, which the seed serves from 512 KiB.

@@ -2,7 +2,7 @@
 //!
 //! The dynamic strategy: the cc-swiotlb proposal (SPEC §5) done right. Buffers come in
 //! size classes, are converted to shared in batches by the background refill engine
-//! (kccd, [`bounce_refill`]) and handed out on the map path by popping a ready buffer;
+//! (kccd, [`bounce_pools`]) and handed out on the map path by popping a ready buffer;
 //! idle memory goes back to private; a cap bounds the total.
 //!
 //! ## What changed from the seed, and why
@@ -32,7 +32,7 @@
 //! | parameter | meaning | default |
 //! |---|---|---|
 //! | `swiotlb.dynamic.preset=demand\|seed` | the policy: `demand` (memory follows demand, below) or the cc-swiotlb seed's fixed classes and watermarks (about 96 MiB, one conversion per chunk), for A/B | `demand` |
-//! | `swiotlb.dynamic.classes=<size>:<target>[:<low>[:<high>]],...` | size classes (power-of-two sizes, K/M suffixes, the largest at least 8 KiB so a page maps at any `min_align_mask` offset); under `demand` the target is the class's floor of free buffers | `512:512,1K:256,2K:128,4K:64,8K:32,16K:16,32K:8,64K:4,128K:2,256K:1,512K:1` (`bounce_refill::DEFAULT_CLASSES`) |
+//! | `swiotlb.dynamic.classes=<size>:<target>[:<low>[:<high>]],...` | size classes (power-of-two sizes, K/M suffixes, the largest at least 8 KiB so a page maps at any `min_align_mask` offset); under `demand` the target is the class's floor of free buffers | `512:512,1K:256,2K:128,4K:64,8K:32,16K:16,32K:8,64K:4,128K:2,256K:1,512K:1` (`bounce_pools::DEFAULT_CLASSES`) |
 //! | `swiotlb.dynamic.cap=<size>` | cap on committed shared memory | `swiotlb=<slots>` × 2 KiB when given, else min(RAM / 4, 1 GiB) |
 //! | `swiotlb.dynamic.chunk=<size>` | `demand`: the shell size, every class's chunk (a free shell moves between classes on the map path) | 512 KiB |
 //! | `swiotlb.dynamic.stock=<size>` | `demand`: the shared-memory floor (at most a quarter of the cap): what stays shared when idle, as blank shells any class takes on the map path; an eighth of it always waits blank (the last of those only for maps that cannot wait); 0 selects the seed's layout | 16 MiB |
@@ -58,9 +58,9 @@ use bounce_framework::{
     AuditError, AuditReport, BackgroundReport, BootConfig, InitError, MapError, PhysAddr, Platform, PoolShape,
     ReleaseError, Released, Request, Reservation, Strategy, TestProfile,
 };
-use bounce_refill::{Need, PoolConfig, PoolCounters, PoolSet, RequestCounters, SizeClass};
+use bounce_pools::{Need, PoolConfig, PoolCounters, PoolSet, RequestCounters, SizeClass};
 
-pub use bounce_refill;
+pub use bounce_pools;
 
 /// Configuration of [`Dynamic`]. `Default` is the documented default (see the crate
 /// documentation's table).
@@ -176,7 +176,7 @@ impl<P: Platform> Dynamic<P> {
     }
 
     /// One engine run at `now` on the caller's clock (deterministic tests drive this
-    /// with a [`bounce_refill::StepRunner`]'s virtual clock).
+    /// with a [`bounce_pools::StepRunner`]'s virtual clock).
     pub fn run_background_at(&self, now: u64) -> BackgroundReport {
         self.pools.run(now)
     }
@@ -231,7 +231,7 @@ impl<P: Platform> Strategy for Dynamic<P> {
         Ok(rel)
     }
 
-    bounce_refill::pool_queries!(pools);
+    bounce_pools::pool_queries!(pools);
 
     fn background_pending(&self) -> bool {
         self.pools.pending(self.platform.now_ns())

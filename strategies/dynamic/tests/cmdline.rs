@@ -3,7 +3,7 @@
 use bounce_dynamic::{Dynamic, DynamicConfig};
 use bounce_framework::sim::{PlatformKind, SimGuest};
 use bounce_framework::{BootConfig, CmdlineError, InitError, PhysAddr, Strategy};
-use bounce_refill::{ClassSpec, PoolConfig, DEFAULT_CLASSES, SEED_CLASSES};
+use bounce_pools::{ClassSpec, PoolConfig, DEFAULT_CLASSES, SEED_CLASSES};
 
 const KNOWN: &[&str] = &["legacy", "dynamic", "magazine"];
 

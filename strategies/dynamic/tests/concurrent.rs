@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bounce_dynamic::{Dynamic, DynamicConfig};
 use bounce_framework::sim::{set_current_cpu, PlatformKind, SimConfig, SimGuest};
 use bounce_framework::{Bouncer, BouncerOptions, Device, DmaAttrs, DmaDirection, Platform, Strategy};
-use bounce_refill::{ClassSpec, PoolConfig, ThreadRunner};
+use bounce_pools::{ClassSpec, PoolConfig, ThreadRunner};
 use common::SeedSizes;
 
 const THREADS: u64 = 3;

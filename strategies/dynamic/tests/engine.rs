@@ -10,7 +10,7 @@ use bounce_framework::{
     Bouncer, BouncerOptions, Device, DmaAddr, DmaAttrs, DmaDirection, FailureReason, MapError, PhysAddr, Platform,
     Strategy, PAGE_SIZE,
 };
-use bounce_refill::{no_buffer, ClassSpec, PoolConfig, StepRunner};
+use bounce_pools::{no_buffer, ClassSpec, PoolConfig, StepRunner};
 
 struct T {
     guest: SimGuest,

@@ -5,7 +5,7 @@ use bounce_dynamic::{Dynamic, DynamicConfig};
 use bounce_framework::conformance::pattern;
 use bounce_framework::sim::{count_allocations, CountingAlloc, PlatformKind, SimConfig, SimGuest};
 use bounce_framework::{Bouncer, BouncerOptions, Device, DmaAttrs, DmaDirection, Strategy};
-use bounce_refill::{PoolConfig, StepRunner};
+use bounce_pools::{PoolConfig, StepRunner};
 
 #[global_allocator]
 static GLOBAL: CountingAlloc = CountingAlloc;

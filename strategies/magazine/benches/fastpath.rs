@@ -17,7 +17,7 @@ use bounce_framework::sim::{set_current_cpu, PlatformKind, SimConfig, SimGuest};
 use bounce_framework::{PhysAddr, Request, Strategy};
 use bounce_legacy::{Legacy, LegacyConfig};
 use bounce_magazine::{Magazine, MagazineConfig};
-use bounce_refill::{PoolConfig, StepRunner};
+use bounce_pools::{PoolConfig, StepRunner};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 const SIZES: [usize; 3] = [64, 1500, 4096];

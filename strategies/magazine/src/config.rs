@@ -2,8 +2,8 @@
 //!
 //! | parameter | meaning | default | why |
 //! |---|---|---|---|
-//! | `preset=demand\|seed`, `chunk=`, `stock=`, `headroom=` | the refill engine's policy, as `swiotlb.dynamic.*` (one implementation: `bounce_refill::PoolConfig`) | `demand` | see the dynamic strategy |
-//! | `classes=<size>:<target>[:<low>[:<high>]],...` | size classes and refill watermarks (the refill engine's, as `swiotlb.dynamic.classes`; the largest at least 8 KiB) | `demand`: powers of two from 512 B to 512 KiB (`bounce_refill::DEFAULT_CLASSES`); `seed`: `512:256,2K:16384,4K:8192,16K:1024,512K:32` | the 17–256 KiB range NVMe and virtio-blk use needs classes of its own; the seed's classes cover 96 % of boot mappings (SPEC §5) |
+//! | `preset=demand\|seed`, `chunk=`, `stock=`, `headroom=` | the refill engine's policy, as `swiotlb.dynamic.*` (one implementation: `bounce_pools::PoolConfig`) | `demand` | see the dynamic strategy |
+//! | `classes=<size>:<target>[:<low>[:<high>]],...` | size classes and refill watermarks (the refill engine's, as `swiotlb.dynamic.classes`; the largest at least 8 KiB) | `demand`: powers of two from 512 B to 512 KiB (`bounce_pools::DEFAULT_CLASSES`); `seed`: `512:256,2K:16384,4K:8192,16K:1024,512K:32` | the 17–256 KiB range NVMe and virtio-blk use needs classes of its own; the seed's classes cover 96 % of boot mappings (SPEC §5) |
 //! | `cap=<size>` | cap on committed shared memory | `swiotlb=<slots>` × 2 KiB when given, else min(RAM / 4, 1 GiB) | as the dynamic strategy |
 //! | `batch=<pages>` | pages per conversion batch | 1024 | `MAX_ORDER_NR_PAGES`: one conversion call per batch |
 //! | `idle_ms=<ms>` | idle time before pool memory above the high watermark is converted back | 1000 | as the dynamic strategy |
@@ -25,7 +25,7 @@ use alloc::vec::Vec;
 
 use bounce_framework::cmdline::parse_ulong;
 use bounce_framework::{BootConfig, CmdlineError, InitError};
-use bounce_refill::{PoolConfig, SizeClass};
+use bounce_pools::{PoolConfig, SizeClass};
 
 use crate::layer::{ClassRounds, LayerConfig, MAX_ROUNDS};
 

@@ -1,7 +1,7 @@
 //! # bounce-magazine
 //!
 //! The magazine strategy: per-CPU caches of already-*shared* bounce buffers (SPEC §6),
-//! on top of the refill engine's size-classed pools ([`bounce_refill::PoolSet`], the same
+//! on top of the refill engine's size-classed pools ([`bounce_pools::PoolSet`], the same
 //! classes, address index, per-buffer records, batched conversion and shrinking the
 //! dynamic strategy uses: one source of truth, no copy).
 //!
@@ -38,7 +38,7 @@
 //!
 //! All three run in [`Strategy::run_background`] (kccd), driven by the platform clock,
 //! or at a caller's time with [`Magazine::run_background_at`] (the deterministic
-//! [`bounce_refill::StepRunner`]).
+//! [`bounce_pools::StepRunner`]).
 //!
 //! ## Failure
 //! A map falls from the CPU's magazines to the depot, then to a batch from the pool's
@@ -78,9 +78,9 @@ use bounce_framework::{
     AuditError, AuditReport, BackgroundReport, BootConfig, InitError, LogLevel, MapError, PhysAddr, Platform,
     PoolShape, ReleaseError, Released, Request, Reservation, Strategy, TestProfile,
 };
-use bounce_refill::{FreeBuffer, Need, PoolSet, RequestCounters};
+use bounce_pools::{FreeBuffer, Need, PoolSet, RequestCounters};
 
-pub use bounce_refill;
+pub use bounce_pools;
 pub use config::{MagazineConfig, RoundsSetting};
 pub use layer::{Backing, ClassRounds, ClassStats, LayerConfig, MagazineLayer, ReapReport, Source, MAX_ROUNDS};
 pub use rounds::Rounds;
@@ -423,7 +423,7 @@ impl<P: Platform> Strategy for Magazine<P> {
         Ok(rel)
     }
 
-    bounce_refill::pool_queries!(pools);
+    bounce_pools::pool_queries!(pools);
 
     fn background_pending(&self) -> bool {
         self.background_pending_at(self.platform.now_ns())

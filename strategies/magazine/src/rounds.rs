@@ -8,7 +8,7 @@ use alloc::boxed::Box;
 /// The *active* capacity is a separate limit chosen by the layer's adaptive policy
 /// (Bonwick's magazine size), so growing the magazine size never allocates: push and pop
 /// only move the fill level inside the preallocated array. Slots are `Option<T>`, so a
-/// buffer handle (`bounce_refill::FreeBuffer`: an `Arc` and an index) moves in and out
+/// buffer handle (`bounce_pools::FreeBuffer`: an `Arc` and an index) moves in and out
 /// without any reference-count traffic.
 pub struct Rounds<T> {
     slots: Box<[Option<T>]>,

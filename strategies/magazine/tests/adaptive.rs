@@ -15,7 +15,7 @@ use bounce_framework::{
     Bouncer, BouncerOptions, Device, DmaAddr, DmaAttrs, DmaDirection, MapError, PhysAddr, Platform, Strategy,
 };
 use bounce_magazine::{ClassStats, Magazine, MagazineConfig, RoundsSetting};
-use bounce_refill::{no_buffer, ClassSpec, PoolConfig, StepRunner};
+use bounce_pools::{no_buffer, ClassSpec, PoolConfig, StepRunner};
 use common::contended::{self, ContendedGuest};
 
 /// One 2 KiB class in 16 KiB chunks (8 buffers, one conversion each), no reserve.

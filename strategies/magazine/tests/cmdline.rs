@@ -4,7 +4,7 @@ use bounce_framework::sim::{PlatformKind, SimGuest};
 use bounce_framework::{BootConfig, CmdlineError, InitError, PhysAddr, Strategy};
 use bounce_magazine::config::{default_max_rounds, default_rounds};
 use bounce_magazine::{Magazine, MagazineConfig, RoundsSetting};
-use bounce_refill::{ClassSpec, DEFAULT_CLASSES, SEED_CLASSES};
+use bounce_pools::{ClassSpec, DEFAULT_CLASSES, SEED_CLASSES};
 
 const KNOWN: &[&str] = &["legacy", "dynamic", "magazine"];
 

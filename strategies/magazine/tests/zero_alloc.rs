@@ -6,7 +6,7 @@ use bounce_framework::conformance::pattern;
 use bounce_framework::sim::{count_allocations, set_current_cpu, CountingAlloc, PlatformKind, SimConfig, SimGuest};
 use bounce_framework::{Bouncer, BouncerOptions, Device, DmaAttrs, DmaDirection, Strategy};
 use bounce_magazine::{Magazine, MagazineConfig};
-use bounce_refill::{PoolConfig, StepRunner};
+use bounce_pools::{PoolConfig, StepRunner};
 
 #[global_allocator]
 static GLOBAL: CountingAlloc = CountingAlloc;

@@ -3,7 +3,7 @@
 
 use bounce_dynamic::{Dynamic, DynamicConfig};
 use bounce_framework::sim::SimGuest;
-use bounce_refill::{ClassSpec, PoolConfig};
+use bounce_pools::{ClassSpec, PoolConfig};
 
 /// The conformance configuration: the default class sizes with small targets, so the
 /// pool stays between 1 and 32 MiB on the suite's 128 MiB guest (targets ≈ 6.5 MiB of

@@ -4,7 +4,7 @@
 use bounce_framework::sim::SimGuest;
 use bounce_framework::Platform;
 use bounce_magazine::{Magazine, MagazineConfig};
-use bounce_refill::{ClassSpec, PoolConfig};
+use bounce_pools::{ClassSpec, PoolConfig};
 
 /// The conformance configuration: the default class sizes with small targets, so the
 /// pools stay between 1 and 32 MiB on the suite's 128 MiB guest (targets ≈ 6.5 MiB of
