@@ -20,7 +20,7 @@ use bounce_framework::{DmaAddr, DmaAttrs, DmaDirection, PhysAddr, SgEntry, Strat
 
 use crate::abi::BOUNCE_ABI_VERSION;
 use crate::abi::{BounceAudit, BounceBackgroundReport, BounceDevice, BounceHooks, BounceSg, BounceStats};
-use crate::errno::{lookup_errno, map_errno, EBUSY, EINVAL, ENOTRECOVERABLE, EUCLEAN};
+use crate::errno::{map_errno, EBUSY, EINVAL, ENOTRECOVERABLE, EUCLEAN};
 use crate::instance::{device_from_c, is_low_mask, Bounce};
 use crate::text::copy_out;
 
@@ -417,10 +417,10 @@ pub unsafe extern "C" fn bounce_unmap_single(
     // SAFETY: `b` and `dev` as the caller promises.
     unsafe {
         on_device(b, WHAT, dev, dir, |inst, dev, dir| {
-            match inst.bouncer().unmap_single(&dev, DmaAddr(dma), size, dir, DmaAttrs::from_bits_truncate(attrs)) {
-                Ok(()) => 0,
-                Err(e) => inst.fail(lookup_errno(&e), format_args!("{WHAT}: {e}")),
-            }
+            inst.lookup_status(
+                WHAT,
+                inst.bouncer().unmap_single(&dev, DmaAddr(dma), size, dir, DmaAttrs::from_bits_truncate(attrs)),
+            )
         })
     }
 }
@@ -446,10 +446,7 @@ unsafe fn sync_single(
             } else {
                 inst.bouncer().sync_single_for_cpu(&dev, DmaAddr(dma), size, dir)
             };
-            match r {
-                Ok(()) => 0,
-                Err(e) => inst.fail(lookup_errno(&e), format_args!("{what}: {e}")),
-            }
+            inst.lookup_status(what, r)
         })
     }
 }
@@ -561,10 +558,7 @@ pub unsafe extern "C" fn bounce_unmap_sg(
     // SAFETY: `b`, `dev` and `sg` as the caller promises.
     unsafe {
         on_list(b, WHAT, dev, sg, nents, dir, |inst, dev, list, dir| {
-            match inst.bouncer().unmap_sg(&dev, list, dir, DmaAttrs::from_bits_truncate(attrs)) {
-                Ok(()) => 0,
-                Err(e) => inst.fail(lookup_errno(&e), format_args!("{WHAT}: {e}")),
-            }
+            inst.lookup_status(WHAT, inst.bouncer().unmap_sg(&dev, list, dir, DmaAttrs::from_bits_truncate(attrs)))
         })
     }
 }
@@ -590,10 +584,7 @@ unsafe fn sync_sg(
             } else {
                 inst.bouncer().sync_sg_for_cpu(&dev, list, dir)
             };
-            match r {
-                Ok(()) => 0,
-                Err(e) => inst.fail(lookup_errno(&e), format_args!("{what}: {e}")),
-            }
+            inst.lookup_status(what, r)
         })
     }
 }

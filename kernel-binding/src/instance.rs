@@ -9,7 +9,7 @@ use core::sync::atomic::{AtomicBool, Ordering};
 
 use bounce_framework::dma::DEVICE_NAME_MAX;
 use bounce_framework::{
-    BootConfig, Bouncer, BouncerOptions, Device, FailureReason, ForceMode, IrqMutex, Platform, Strategy,
+    BootConfig, Bouncer, BouncerOptions, Device, FailureReason, ForceMode, IrqMutex, LookupError, Platform, Strategy,
 };
 use bounce_strategies::{AnyStrategy, KNOWN_STRATEGIES};
 
@@ -17,7 +17,7 @@ use crate::abi::{
     BounceDevice, BounceHooks, BOUNCE_CREATE_FLAGS_ALL, BOUNCE_CREATE_TIMING, BOUNCE_ERROR_MAX,
     BOUNCE_MAX_MIN_ALIGN_MASK,
 };
-use crate::errno::{cmdline_errno, init_errno, EINVAL, ENODEV, ENOMEM};
+use crate::errno::{cmdline_errno, init_errno, lookup_errno, EINVAL, ENODEV, ENOMEM};
 use crate::platform::{install_irq_hooks, HookLock, HookPlatform};
 use crate::text::FixedBuf;
 
@@ -190,6 +190,15 @@ impl Bounce {
         slot.msg.clear();
         slot.msg.write_args(args);
         -errno
+    }
+
+    /// The C status of an unmap or sync: 0, or the lookup error recorded as
+    /// `what: <error>` and its negative errno.
+    pub fn lookup_status(&self, what: &str, r: Result<(), LookupError>) -> c_int {
+        match r {
+            Ok(()) => 0,
+            Err(e) => self.fail(lookup_errno(&e), format_args!("{what}: {e}")),
+        }
     }
 
     /// Records a bad argument found before reaching the bouncer: counted in the
