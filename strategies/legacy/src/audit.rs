@@ -8,10 +8,10 @@ use bounce_framework::{
     AuditError, AuditReport, IrqGuards, PhysAddr, Platform, IO_TLB_SEGSIZE, IO_TLB_SHIFT, IO_TLB_SIZE,
 };
 
-use crate::slot::{Slot, SlotView};
-use crate::{nr_slots, Geometry, Legacy};
+use crate::slot::SlotView;
+use crate::{nr_slots, FreeSlots, Geometry, SlotPool};
 
-impl<P: Platform> Legacy<P> {
+impl<P: Platform, F: FreeSlots> SlotPool<P, F> {
     /// Walks every slot under all area locks and checks: each mapping's slots are in
     /// use, inside one segment and one area, and carry Linux's `alloc_size` and
     /// `orig_addr` sequences; no two mappings overlap; every slot in use belongs to a
@@ -31,7 +31,7 @@ impl<P: Platform> Legacy<P> {
         let mut area_used = vec![0usize; nareas];
         let (usage_used, usage_hiwater) = {
             let guards = IrqGuards::lock_all(self.areas.iter());
-            views.extend(self.slots.iter().map(Slot::view));
+            views.extend(self.slots.iter().enumerate().map(|(i, s)| s.view(self.free.list(i))));
             area_snap.extend(guards.iter().map(|g| (g.used, g.index)));
             (self.usage.used(), self.usage.hiwater())
         };
@@ -109,7 +109,7 @@ impl<P: Platform> Legacy<P> {
                 return fail(format!("slot {i} is free but inside a mapping"));
             }
             let seg_end = (i + 1).next_multiple_of(IO_TLB_SEGSIZE).min(nslabs);
-            let next = if i + 1 < seg_end { self.slots[i + 1].list() } else { 0 };
+            let next = if i + 1 < seg_end { usize::from(views[i + 1].list) } else { 0 };
             if usize::from(v.list) != next + 1 {
                 return fail(format!("slot {i}: free count {} but {} free slots follow in its segment", v.list, next));
             }

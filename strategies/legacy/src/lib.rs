@@ -77,25 +77,28 @@ extern crate std;
 
 mod audit;
 mod config;
+mod free;
 mod slot;
 #[cfg(test)]
 mod tests;
 
 use alloc::boxed::Box;
+use alloc::format;
 use core::fmt;
 use core::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use bounce_framework::{
     AuditError, AuditReport, BackgroundReport, BootConfig, Detail, Device, ForceMode, GrowError, InitError, IrqMutex,
-    Located, LogLevel, MapError, PageCount, PageRequest, PhysAddr, Platform, PlatformError, PoolShape, PoolStats,
-    RefillStats, ReleaseError, Released, Request, Reservation, SharedMemory, SlotCount, Strategy, TestProfile,
-    UsageCounter, IO_TLB_SEGSIZE, IO_TLB_SHIFT, IO_TLB_SIZE, PAGE_SIZE,
+    Located, LogLevel, MapError, PageCount, PageRequest, PhysAddr, Platform, PlatformError, PoolStats, RefillStats,
+    ReleaseError, Released, Request, Reservation, SharedMemory, SlotCount, Strategy, TestProfile, UsageCounter,
+    IO_TLB_SEGSIZE, IO_TLB_SHIFT, IO_TLB_SIZE, PAGE_SIZE,
 };
 
 pub use config::{
     fit_nareas, limit_nareas, Geometry, LegacyConfig, LinuxSizing, Placement, COCO_MAX_SIZE, COCO_PERCENT,
     IO_TLB_DEFAULT_SIZE, IO_TLB_MIN_SLABS, LOW_MEMORY_LIMIT, MAX_AREAS, MAX_SLOTS,
 };
+pub use free::{io_tlb_offset, segment_end, FreeSlots, LinuxLists};
 pub use slot::{AreaView, SlotIndex, SlotView};
 
 use slot::{AreaState, Slot, INVALID_PHYS_ADDR, NOT_DATA};
@@ -104,12 +107,6 @@ use slot::{AreaState, Slot, INVALID_PHYS_ADDR, NOT_DATA};
 #[inline]
 const fn nr_slots(val: usize) -> usize {
     val.div_ceil(IO_TLB_SIZE)
-}
-
-/// `io_tlb_offset()`: a slot's position inside its segment.
-#[inline]
-const fn io_tlb_offset(val: usize) -> usize {
-    val & (IO_TLB_SEGSIZE - 1)
 }
 
 /// `get_max_slots()`: slots covered by a mask, plus one.
@@ -170,13 +167,14 @@ struct Want {
     mapping_len: usize,
 }
 
-/// The legacy strategy over platform `P`.
+/// Linux's slot pool over platform `P`, with `F` keeping track of the free slots.
+/// [`Legacy`] is Linux's own (`F` = [`LinuxLists`]).
 ///
 /// Lock order: the map path holds at most one area lock at a time; [`Strategy::audit`]
 /// takes all of them in ascending area order. Each area's lock protects its
 /// [`AreaView`] and every store to the metadata of the slots in that area (loads on the
 /// lookup path are lock-free, see [`SlotView`]).
-pub struct Legacy<P: Platform> {
+pub struct SlotPool<P: Platform, F: FreeSlots> {
     platform: P,
     shared: SharedMemory<P>,
     /// `mem->start`.
@@ -191,6 +189,8 @@ pub struct Legacy<P: Platform> {
     geometry: Geometry,
     /// `mem->slots`.
     slots: Box<[Slot]>,
+    /// Which slots are free (Linux: the slots' `list`).
+    free: F,
     /// `mem->areas`, each behind its own lock. Not padded to cache lines: Linux's
     /// `struct io_tlb_area` is not either.
     areas: Box<[IrqMutex<P::Lock, AreaState>]>,
@@ -200,9 +200,13 @@ pub struct Legacy<P: Platform> {
     warned_align: AtomicBool,
 }
 
-impl<P: Platform> fmt::Debug for Legacy<P> {
+/// The legacy strategy: Linux 6.12's swiotlb, free counts and all.
+pub type Legacy<P> = SlotPool<P, LinuxLists>;
+
+impl<P: Platform, F: FreeSlots> fmt::Debug for SlotPool<P, F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Legacy")
+        f.debug_struct("SlotPool")
+            .field("strategy", &F::NAME)
             .field("start", &self.start)
             .field("end", &self.end)
             .field("nslabs", &self.geometry.nslabs)
@@ -225,28 +229,19 @@ pub const fn pool_full(size: usize, total_slots: usize, used_slots: usize) -> Ma
     }
 }
 
-impl<P: Platform> Legacy<P> {
-    /// The strategy's boot name (`swiotlb.strategy=legacy`).
-    pub const NAME: &'static str = "legacy";
+impl<P: Platform, F: FreeSlots> SlotPool<P, F> {
+    /// The strategy's boot name (`swiotlb.strategy=legacy` for [`Legacy`]).
+    pub const NAME: &'static str = F::NAME;
     /// Boot command lines with small pools (1–4 MiB) and idle and period timers of
     /// 0–1 ms, so that exhaustion, growth up to the cap and shrinking are all reachable
     /// within a few hundred operations: the fuzzer's configurations
     /// (`bounce_strategies::AnyStrategy::small_cmdlines`).
-    pub const SMALL_CMDLINES: &'static [&'static str] = &[
-        "swiotlb=1024 swiotlb.strategy=legacy",
-        "swiotlb=2048,4 swiotlb.strategy=legacy",
-        "swiotlb=512,1 swiotlb.strategy=legacy",
-        "swiotlb=640,1,force swiotlb.strategy=legacy",
-    ];
+    pub const SMALL_CMDLINES: &'static [&'static str] = F::SMALL_CMDLINES;
 
     /// What the strategy-generic tests boot and expect: Linux's fixed pool.
-    pub const TEST_PROFILE: TestProfile = TestProfile {
-        pool: PoolShape::Fixed,
-        fault_matrix: "swiotlb=512 swiotlb.strategy=legacy",
-        hostile_host: "swiotlb=4096 swiotlb.strategy=legacy",
-    };
+    pub const TEST_PROFILE: TestProfile = F::TEST_PROFILE;
 
-    /// The `swiotlb.legacy.*` parameters: none. The pool is sized by Linux's own
+    /// The `swiotlb.<NAME>.*` parameters: none. The pool is sized by Linux's own
     /// `swiotlb=<slots>[,<areas>]`, so any `swiotlb.legacy.<param>` is an error.
     pub const PARAMS: &'static [&'static str] = &[];
 
@@ -262,11 +257,11 @@ impl<P: Platform> Legacy<P> {
     pub fn from_boot(platform: P, boot: &BootConfig) -> Result<Self, InitError> {
         boot.params_for(Self::NAME).check_known(Self::PARAMS)?;
         if boot.swiotlb.force == Some(ForceMode::NoForce) {
-            return Err(InitError::Config(
-                "swiotlb=noforce turns swiotlb off, but the legacy strategy is its pool; drop `noforce` or \
-                 select no bounce strategy"
-                    .into(),
-            ));
+            return Err(InitError::Config(format!(
+                "swiotlb=noforce turns swiotlb off, but the {} strategy is its pool; drop `noforce` or select no \
+                 bounce strategy",
+                Self::NAME
+            )));
         }
         let sizing = LinuxSizing::for_platform(&boot.swiotlb, &platform);
         if let Some(size) = sizing.coco_size {
@@ -330,9 +325,8 @@ impl<P: Platform> Legacy<P> {
         // swiotlb_init_io_tlb_pool(): memset(vaddr, 0, bytes) -- after the conversion, as
         // in swiotlb_init_late(), so the host never sees stale bytes of this guest.
         platform.fill(start, 0, pages.bytes());
-        // mem->slots[i].list = min(IO_TLB_SEGSIZE - io_tlb_offset(i), mem->nslabs - i);
-        let slots: Box<[Slot]> =
-            (0..nslabs).map(|i| Slot::free((IO_TLB_SEGSIZE - io_tlb_offset(i)).min(nslabs - i) as u16)).collect();
+        let slots: Box<[Slot]> = (0..nslabs).map(|_| Slot::free()).collect();
+        let free = F::new(nslabs);
         let areas: Box<[IrqMutex<P::Lock, AreaState>]> =
             (0..nareas).map(|_| IrqMutex::new(AreaState::default())).collect();
         let end = start + (nslabs << IO_TLB_SHIFT) as u64;
@@ -355,6 +349,7 @@ impl<P: Platform> Legacy<P> {
             pages,
             geometry,
             slots,
+            free,
             areas,
             usage: UsageCounter::new(),
             warned_align: AtomicBool::new(false),
@@ -418,7 +413,7 @@ impl<P: Platform> Legacy<P> {
     /// A copy of one slot's metadata (lock-free; consistent while no map or unmap runs
     /// in the slot's area).
     pub fn slot(&self, index: SlotIndex) -> Option<SlotView> {
-        self.slots.get(index.0).map(Slot::view)
+        self.slots.get(index.0).map(|s| s.view(self.free.list(index.0)))
     }
 
     /// A copy of one area's counters (takes the area's lock).
@@ -481,12 +476,27 @@ impl<P: Platform> Legacy<P> {
                 continue;
             }
             // iommu_is_span_boundary() is false for the default ULONG_MAX boundary.
-            if self.slots[slot_index].list() >= nslots {
-                self.mark_found(&mut area, slot_index, index, nslots, offset, w);
-                return Some(slot_index);
+            // if (pool->slots[slot_index].list >= nslots) goto found;
+            match self.free.probe(slot_index, nslots) {
+                Ok(()) => {
+                    self.mark_found(&mut area, slot_index, index, nslots, offset, w);
+                    return Some(slot_index);
+                }
+                Err(last) => {
+                    // index = wrap_area_index(pool, index + stride); slots_checked += stride;
+                    // repeated over the candidates the bookkeeping rules out (at most
+                    // `last`; Linux's lists rule out only this one), so every
+                    // bookkeeping finds the same slots.
+                    let last = last - slot_base;
+                    loop {
+                        index = self.wrap_area_index(index + stride);
+                        slots_checked += stride;
+                        if index == 0 || index > last || slots_checked >= area_nslabs {
+                            break;
+                        }
+                    }
+                }
             }
-            index = self.wrap_area_index(index + stride);
-            slots_checked += stride;
         }
         None
     }
@@ -507,24 +517,14 @@ impl<P: Platform> Legacy<P> {
         //         pool->slots[i].alloc_size = alloc_size - (offset +
         //                         ((i - slot_index) << IO_TLB_SHIFT));
         // }
-        for i in slot_index..slot_index + nslots {
-            let s = &self.slots[i];
-            s.set_list(0);
-            let a = w.alloc_size.wrapping_sub(offset + ((i - slot_index) << IO_TLB_SHIFT));
-            s.alloc_size.store(a as u32, Relaxed);
-        }
         // for (i = slot_index - 1;
         //      io_tlb_offset(i) != IO_TLB_SEGSIZE - 1 && pool->slots[i].list; i--)
         //         pool->slots[i].list = ++count;
-        let mut count = 0;
-        let mut i = slot_index;
-        while io_tlb_offset(i) != 0 {
-            i -= 1;
-            if self.slots[i].list() == 0 {
-                break;
-            }
-            count += 1;
-            self.slots[i].set_list(count);
+        // (the `list` writes are the bookkeeping's `take`)
+        self.free.take(slot_index, nslots);
+        for i in slot_index..slot_index + nslots {
+            let a = w.alloc_size.wrapping_sub(offset + ((i - slot_index) << IO_TLB_SHIFT));
+            self.slots[i].alloc_size.store(a as u32, Relaxed);
         }
         // swiotlb_tbl_map_single():
         //   pad_slots = offset >> IO_TLB_SHIFT;
@@ -597,33 +597,13 @@ impl<P: Platform> Legacy<P> {
         let index = head - usize::from(h.pad_slots.load(Relaxed));
         let nslots = nr_slots(self.slots[index].alloc_size.load(Relaxed).wrapping_add(offset as u32) as usize);
 
-        // if (index + nslots < ALIGN(index + 1, IO_TLB_SEGSIZE))
-        //         count = mem->slots[index + nslots].list;
-        // else
-        //         count = 0;
-        // (bounded by the pool's end too: see the crate docs)
-        let seg_end = (index + 1).next_multiple_of(IO_TLB_SEGSIZE).min(self.geometry.nslabs);
-        let mut count = if index + nslots < seg_end { self.slots[index + nslots].list() } else { 0 };
-
         // Step 1: return the slots to the free list, merging the slots with
-        // superceeding slots
-        for i in (index..index + nslots).rev() {
-            count += 1;
-            let s = &self.slots[i];
-            s.set_list(count);
+        // superceeding slots (the `list` counts are the bookkeeping's `give`, which
+        // also does step 2: merge the returned slots with the preceding slots)
+        for s in &self.slots[index..index + nslots] {
             s.clear();
         }
-        // Step 2: merge the returned slots with the preceding slots, if
-        // available (non zero)
-        let mut i = index;
-        while io_tlb_offset(i) != 0 {
-            i -= 1;
-            if self.slots[i].list() == 0 {
-                break;
-            }
-            count += 1;
-            self.slots[i].set_list(count);
-        }
+        self.free.give(index, nslots);
         // area->used -= nslots;   dec_used(dev->dma_io_tlb_mem, nslots);
         area.used -= nslots;
         self.usage.sub(nslots << IO_TLB_SHIFT);
@@ -637,7 +617,7 @@ impl<P: Platform> Legacy<P> {
     }
 }
 
-impl<P: Platform> Strategy for Legacy<P> {
+impl<P: Platform, F: FreeSlots> Strategy for SlotPool<P, F> {
     fn name(&self) -> &'static str {
         Self::NAME
     }
@@ -788,7 +768,7 @@ impl<P: Platform> Strategy for Legacy<P> {
     }
 }
 
-impl<P: Platform> Drop for Legacy<P> {
+impl<P: Platform, F: FreeSlots> Drop for SlotPool<P, F> {
     /// Returns the pool as `swiotlb_exit()` does: converted back to private and freed,
     /// or quarantined if that conversion fails.
     fn drop(&mut self) {

@@ -15,8 +15,9 @@ pub(crate) const NOT_DATA: u16 = u16::MAX;
 #[repr(transparent)]
 pub struct SlotIndex(pub usize);
 
-/// One slot's metadata: Linux's `struct io_tlb_slot` plus three fields bounce needs
-/// because its `release`/`locate` are not given the device.
+/// One slot's metadata: Linux's `struct io_tlb_slot` without `list` (the free-slot
+/// bookkeeping, a [`FreeSlots`](crate::FreeSlots) of its own) plus three fields bounce
+/// needs because its `release`/`locate` are not given the device.
 ///
 /// Linux's fields:
 /// - `orig_addr`: the original address of this slot's bytes, `INVALID_PHYS_ADDR` when
@@ -26,7 +27,6 @@ pub struct SlotIndex(pub usize);
 ///   Linux's `size_t` it wraps for the last slot when the offset pushes the data into
 ///   it, and the wrap cancels out where it is used. Stored in 32 bits: an allocation is
 ///   at most one segment (256 KiB);
-/// - `list`: free slots from this one to the end of its segment, 0 when in use;
 /// - `pad_slots`: padding slots before the first data slot, in that first data slot.
 ///
 /// bounce's extra fields (Linux recomputes the first two from the device's
@@ -53,39 +53,26 @@ pub(crate) struct Slot {
     pub(crate) orig_addr: AtomicU64,
     pub(crate) alloc_size: AtomicU32,
     pub(crate) mapping_len: AtomicU32,
-    pub(crate) list: AtomicU16,
     pub(crate) pad_slots: AtomicU16,
     pub(crate) head_dist: AtomicU16,
     pub(crate) data_offset: AtomicU16,
 }
 
 impl Slot {
-    /// A free slot with `list` free slots up to the end of its segment
-    /// (`swiotlb_init_io_tlb_pool()`).
-    pub(crate) fn free(list: u16) -> Self {
+    /// A free slot (`swiotlb_init_io_tlb_pool()`).
+    pub(crate) fn free() -> Self {
         Self {
             orig_addr: AtomicU64::new(INVALID_PHYS_ADDR),
             alloc_size: AtomicU32::new(0),
             mapping_len: AtomicU32::new(0),
-            list: AtomicU16::new(list),
             pad_slots: AtomicU16::new(0),
             head_dist: AtomicU16::new(NOT_DATA),
             data_offset: AtomicU16::new(0),
         }
     }
 
-    #[inline]
-    pub(crate) fn list(&self) -> usize {
-        usize::from(self.list.load(Relaxed))
-    }
-
-    #[inline]
-    pub(crate) fn set_list(&self, v: usize) {
-        // `list` never exceeds IO_TLB_SEGSIZE (128).
-        self.list.store(v as u16, Relaxed);
-    }
-
-    /// Returns the slot to the free state's constants (`list` is set by the caller).
+    /// Returns the slot to the free state's constants (the free-slot bookkeeping is
+    /// the caller's).
     #[inline]
     pub(crate) fn clear(&self) {
         self.orig_addr.store(INVALID_PHYS_ADDR, Relaxed);
@@ -96,13 +83,14 @@ impl Slot {
         self.mapping_len.store(0, Relaxed);
     }
 
-    pub(crate) fn view(&self) -> SlotView {
+    /// The slot's metadata, with `list` from the free-slot bookkeeping.
+    pub(crate) fn view(&self, list: usize) -> SlotView {
         let orig = self.orig_addr.load(Relaxed);
         let head_dist = self.head_dist.load(Relaxed);
         SlotView {
             orig_addr: (orig != INVALID_PHYS_ADDR).then_some(PhysAddr(orig)),
             alloc_size: self.alloc_size.load(Relaxed),
-            list: self.list.load(Relaxed),
+            list: list as u16,
             pad_slots: self.pad_slots.load(Relaxed),
             head_dist: (head_dist != NOT_DATA).then_some(head_dist),
             data_offset: self.data_offset.load(Relaxed),
@@ -118,7 +106,8 @@ pub struct SlotView {
     pub orig_addr: Option<PhysAddr>,
     /// `alloc_size` (wrapping, see the field in Linux's `struct io_tlb_slot`).
     pub alloc_size: u32,
-    /// `list`: free slots from here to the end of the segment; 0 when in use.
+    /// `list`: free slots from here to the next one in use or the end of the segment;
+    /// 0 when in use ([`FreeSlots::list`](crate::FreeSlots::list)).
     pub list: u16,
     /// `pad_slots`: padding slots before this first data slot.
     pub pad_slots: u16,

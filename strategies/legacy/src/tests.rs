@@ -367,20 +367,20 @@ fn audit_catches_corruption() {
     check(
         "free count off by one",
         "slot 9: free count 119 but 7 free slots follow",
-        &|| l.slots[10].list.store(7, Relaxed),
-        &|| l.slots[10].list.store(118, Relaxed),
+        &|| l.free.set(10, 7),
+        &|| l.free.set(10, 118),
     );
     check(
         "a mapped slot marked free",
         "slot 1 of the mapping at slot 0 has free count 5",
-        &|| l.slots[1].list.store(5, Relaxed),
-        &|| l.slots[1].list.store(0, Relaxed),
+        &|| l.free.set(1, 5),
+        &|| l.free.set(1, 0),
     );
     check(
         "a free slot marked used by nobody",
         "free count 79 but 0 free slots follow",
-        &|| l.slots[50].list.store(0, Relaxed),
-        &|| l.slots[50].list.store(78, Relaxed),
+        &|| l.free.set(50, 0),
+        &|| l.free.set(50, 78),
     );
     check(
         "wrong original address",
