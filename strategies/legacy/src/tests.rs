@@ -364,24 +364,18 @@ fn audit_catches_corruption() {
         undo();
         audit(&l);
     };
-    check(
-        "free count off by one",
-        "slot 9: free count 119 but 7 free slots follow",
-        &|| l.free.set(10, 7),
-        &|| l.free.set(10, 118),
-    );
+    check("free count off by one", "slot 9: free count 119 but 7 free slots follow", &|| l.free.set(10, 7), &|| {
+        l.free.set(10, 118);
+    });
     check(
         "a mapped slot marked free",
         "slot 1 of the mapping at slot 0 has free count 5",
         &|| l.free.set(1, 5),
         &|| l.free.set(1, 0),
     );
-    check(
-        "a free slot marked used by nobody",
-        "free count 79 but 0 free slots follow",
-        &|| l.free.set(50, 0),
-        &|| l.free.set(50, 78),
-    );
+    check("a free slot marked used by nobody", "free count 79 but 0 free slots follow", &|| l.free.set(50, 0), &|| {
+        l.free.set(50, 78);
+    });
     check(
         "wrong original address",
         "data slot 2 (#2) of the mapping at slot 0 is wrong",
