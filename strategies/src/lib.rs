@@ -58,11 +58,11 @@ mod dispatch {
 /// and its dispatch, the bench CLI, fuzzing, the tests that iterate
 /// [`StrategyKind::ALL`], `bounce list` for the scripts), and one left out of a
 /// `match` over [`StrategyKind`] is a compile error. Each line is
-/// `Variant(type, "boot name", "one-line summary")`; the type's `NAME` must equal the
+/// `Variant(crate::Type, "boot name", "one-line summary")`; the type's `NAME` must equal the
 /// boot name (checked at compile time), and its `from_boot` and `PARAMS` are used. The
 /// first line is the baseline every ratio is taken against.
 macro_rules! strategies {
-    ($($variant:ident($ty:ident, $name:literal, $summary:literal)),+ $(,)?) => {
+    ($($variant:ident($($ty:ident)::+, $name:literal, $summary:literal)),+ $(,)?) => {
         /// The strategy names `swiotlb.strategy=` accepts, in the order of
         /// [`StrategyKind::ALL`] (pass to [`BootConfig::parse`]).
         pub const KNOWN_STRATEGIES: &[&str] = &[$($name),+];
@@ -102,7 +102,7 @@ macro_rules! strategies {
             /// path of whatever `v` runs).
             pub fn visit<P: Platform + 'static, V: StrategyVisitor<P>>(self, v: &mut V) -> V::Output {
                 match self {
-                    $(Self::$variant => v.visit::<$ty<P>>($name, $ty::<P>::from_boot),)+
+                    $(Self::$variant => v.visit::<$($ty)::+<P>>($name, $($ty)::+::<P>::from_boot),)+
                 }
             }
         }
@@ -113,7 +113,7 @@ macro_rules! strategies {
         pub enum AnyStrategy<P: Platform> {
             $(
                 #[doc = concat!("`swiotlb.strategy=", $name, "`.")]
-                $variant($ty<P>),
+                $variant($($ty)::+<P>),
             )+
         }
 
@@ -121,7 +121,7 @@ macro_rules! strategies {
             /// Fails the build (when `from_boot` is instantiated) if a strategy's `NAME`
             /// differs from its registry line.
             const NAMES_MATCH: () = assert!(
-                true $(&& str_eq($ty::<P>::NAME, $name))+,
+                true $(&& str_eq($($ty)::+::<P>::NAME, $name))+,
                 "a strategy's NAME differs from its registry line"
             );
 
@@ -138,7 +138,7 @@ macro_rules! strategies {
             /// returns.
             pub fn from_boot(platform: P, boot: &BootConfig) -> Result<Self, InitError> {
                 let () = Self::NAMES_MATCH;
-                $(boot.params_for($name).check_known($ty::<P>::PARAMS)?;)+
+                $(boot.params_for($name).check_known($($ty)::+::<P>::PARAMS)?;)+
                 let kind = match boot.strategy.as_deref() {
                     None => DEFAULT_STRATEGY,
                     Some(name) => StrategyKind::from_name(name).ok_or_else(|| {
@@ -149,7 +149,7 @@ macro_rules! strategies {
                     })?,
                 };
                 Ok(match kind {
-                    $(StrategyKind::$variant => Self::$variant($ty::from_boot(platform, boot)?),)+
+                    $(StrategyKind::$variant => Self::$variant($($ty)::+::from_boot(platform, boot)?),)+
                 })
             }
 
@@ -163,7 +163,7 @@ macro_rules! strategies {
             /// The parameters (`swiotlb.<name>.<param>`) the strategy of `kind` takes.
             pub const fn params(kind: StrategyKind) -> &'static [&'static str] {
                 match kind {
-                    $(StrategyKind::$variant => $ty::<P>::PARAMS,)+
+                    $(StrategyKind::$variant => $($ty)::+::<P>::PARAMS,)+
                 }
             }
 
@@ -172,7 +172,7 @@ macro_rules! strategies {
             /// shrinking within a few hundred operations.
             pub const fn small_cmdlines(kind: StrategyKind) -> &'static [&'static str] {
                 match kind {
-                    $(StrategyKind::$variant => $ty::<P>::SMALL_CMDLINES,)+
+                    $(StrategyKind::$variant => $($ty)::+::<P>::SMALL_CMDLINES,)+
                 }
             }
 
@@ -180,7 +180,7 @@ macro_rules! strategies {
             /// boot and expect of the strategy of `kind` (its `TEST_PROFILE`).
             pub const fn test_profile(kind: StrategyKind) -> TestProfile {
                 match kind {
-                    $(StrategyKind::$variant => $ty::<P>::TEST_PROFILE,)+
+                    $(StrategyKind::$variant => $($ty)::+::<P>::TEST_PROFILE,)+
                 }
             }
         }
@@ -188,9 +188,9 @@ macro_rules! strategies {
 }
 
 strategies! {
-    Legacy(Legacy, "legacy", "Linux 6.12's swiotlb: one pool of 2 KiB slots converted at boot, per-CPU areas"),
-    Dynamic(Dynamic, "dynamic", "size classes refilled and shrunk in the background by kccd, memory that follows demand"),
-    Magazine(Magazine, "magazine", "per-CPU magazines of ready shared buffers over the dynamic size-class pools"),
+    Legacy(bounce_legacy::Legacy, "legacy", "Linux 6.12's swiotlb: one pool of 2 KiB slots converted at boot, per-CPU areas"),
+    Dynamic(bounce_dynamic::Dynamic, "dynamic", "size classes refilled and shrunk in the background by kccd, memory that follows demand"),
+    Magazine(bounce_magazine::Magazine, "magazine", "per-CPU magazines of ready shared buffers over the dynamic size-class pools"),
 }
 
 /// The strategy booted when the command line names none: `legacy`, Linux's own
