@@ -24,7 +24,8 @@ fn fails(args: &[&str], code: i32, needle: &str) -> String {
     err
 }
 
-const STRATEGIES: [&str; 3] = ["legacy", "dynamic", "magazine"];
+/// Every strategy of the registry, in its order.
+const STRATEGIES: &[&str] = bounce_strategies::KNOWN_STRATEGIES;
 
 #[test]
 fn help_on_every_subcommand() {
@@ -84,7 +85,7 @@ fn a_strategy_parameter_it_does_not_know_is_an_error() {
 
 #[test]
 fn map_bench_prints_the_kernel_tools_lines() {
-    for s in STRATEGIES {
+    for &s in STRATEGIES {
         let (out, _) = ok(&[
             "map-bench",
             "-t",
@@ -182,7 +183,7 @@ fn short_verified_compare_of_every_strategy() {
     assert!(out.contains("== targets =="));
     let doc = json(&js);
     let results = doc["results"].as_array().expect("results array");
-    assert_eq!(results.len(), 3 * 4, "one record per (strategy, workload, threads)");
+    assert_eq!(results.len(), STRATEGIES.len() * 4, "one record per (strategy, workload, threads)");
     for r in results {
         for k in KEYS {
             assert!(r.get(k).is_some(), "record lacks {k}: {r}");
@@ -198,7 +199,7 @@ fn short_verified_compare_of_every_strategy() {
         assert!(r["maps"].as_u64().unwrap() + r["failures"].as_u64().unwrap() == 1200, "{r}");
         assert!(r["shared_bytes_peak"].as_u64().unwrap() > 0);
     }
-    for s in STRATEGIES {
+    for &s in STRATEGIES {
         assert!(results.iter().any(|r| r["strategy"] == s), "{s} missing");
     }
     let legacy_net = results.iter().find(|r| r["strategy"] == "legacy" && r["workload"] == "net").unwrap();
@@ -313,7 +314,7 @@ fn replay_of_the_sample_trace() {
     assert!(out.contains("800 events on 4 device(s) (12 comment lines, 0 other events, 0 malformed skipped)"), "{out}");
     let doc = json(&js);
     let results = doc["results"].as_array().unwrap();
-    assert_eq!(results.len(), 3);
+    assert_eq!(results.len(), STRATEGIES.len());
     for r in results {
         for k in KEYS {
             assert!(r.get(k).is_some(), "record lacks {k}");

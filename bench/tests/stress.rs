@@ -35,18 +35,16 @@ fn every_strategy_passes_with_every_operation_counted() {
         bounce(&["stress", "--duration", "1", "--threads", "2", "--memory", "256M", "--json", js.to_str().unwrap()]);
     let out = text(&o.stdout);
     assert!(o.status.success(), "{out}\n{}", text(&o.stderr));
-    for s in ["legacy", "dynamic", "magazine"] {
+    let strategies = bounce_strategies::KNOWN_STRATEGIES;
+    for s in strategies {
         assert!(out.contains(&format!("== stress: {s} == tdx guest, 2 threads")), "{s} report missing:\n{out}");
     }
-    assert_eq!(out.matches("  result      PASS").count(), 3, "{out}");
-    assert!(out.contains("stress: PASS (3 strategies, no violations)"), "{out}");
+    assert_eq!(out.matches("  result      PASS").count(), strategies.len(), "{out}");
+    assert!(out.contains(&format!("stress: PASS ({} strategies, no violations)", strategies.len())), "{out}");
     let doc = json(&js);
     assert_eq!(doc["pass"], true);
     let results = doc["results"].as_array().unwrap();
-    assert_eq!(
-        results.iter().map(|r| r["strategy"].as_str().unwrap()).collect::<Vec<_>>(),
-        ["legacy", "dynamic", "magazine"]
-    );
+    assert_eq!(results.iter().map(|r| r["strategy"].as_str().unwrap()).collect::<Vec<_>>(), strategies);
     for r in results {
         for k in NON_ZERO {
             assert!(r[k].as_f64().is_some_and(|v| v > 0.0), "{}: {k} = {}", r["strategy"], r[k]);
