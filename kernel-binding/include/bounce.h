@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT OR Apache-2.0 */
 /*
  * bounce.h - the C ABI of bounce (DMA bounce buffering for confidential VMs),
- * one instance per command line, any strategy (swiotlb.strategy=legacy|dynamic|magazine).
+ * one instance per command line, any strategy of the registry (swiotlb.strategy=<name>, `bounce list --names`).
  *
  * Calls return 0 (or a documented non-negative value) or a negative Linux errno; the
  * message of a failure is read with bounce_last_error() on the same CPU. See
@@ -628,7 +628,7 @@ uint32_t bounce_abi_version(void);
  * Creates a bounce instance.
  *
  * `cmdline` is a kernel command line (NULL: empty); bounce reads `swiotlb=`,
- * `swiotlb.strategy=` (`legacy`, `dynamic`, `magazine`; absent: `legacy`),
+ * `swiotlb.strategy=` (a name `bounce list --names` prints; absent: `legacy`),
  * `swiotlb.scrub=` and `swiotlb.<strategy>.<param>=` and ignores everything else.
  * `hooks` is copied. `flags` is 0 or `BOUNCE_CREATE_TIMING`. On success `*out` is the
  * instance; on failure `*out` is NULL and, when `err` is non-NULL, a NUL-terminated
@@ -699,7 +699,7 @@ size_t bounce_last_error(const struct bounce *b,
                          size_t len);
 
 /**
- * The active strategy's name (`legacy`, `dynamic`, `magazine`) as a NUL-terminated
+ * The active strategy's name (its `swiotlb.strategy=` name) as a NUL-terminated
  * string that lives as long as the instance; NULL when `b` is NULL.
  *
  * # Safety

@@ -169,7 +169,7 @@ pub extern "C" fn bounce_abi_version() -> u32 {
 /// Creates a bounce instance.
 ///
 /// `cmdline` is a kernel command line (NULL: empty); bounce reads `swiotlb=`,
-/// `swiotlb.strategy=` (`legacy`, `dynamic`, `magazine`; absent: `legacy`),
+/// `swiotlb.strategy=` (a name `bounce list --names` prints; absent: `legacy`),
 /// `swiotlb.scrub=` and `swiotlb.<strategy>.<param>=` and ignores everything else.
 /// `hooks` is copied. `flags` is 0 or `BOUNCE_CREATE_TIMING`. On success `*out` is the
 /// instance; on failure `*out` is NULL and, when `err` is non-NULL, a NUL-terminated
@@ -311,7 +311,7 @@ pub unsafe extern "C" fn bounce_last_error(b: *const Bounce, buf: *mut c_char, l
     }
 }
 
-/// The active strategy's name (`legacy`, `dynamic`, `magazine`) as a NUL-terminated
+/// The active strategy's name (its `swiotlb.strategy=` name) as a NUL-terminated
 /// string that lives as long as the instance; NULL when `b` is NULL.
 ///
 /// # Safety

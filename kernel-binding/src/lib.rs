@@ -2,7 +2,7 @@
 //!
 //! A bounce instance is created from a kernel command line and a table of platform
 //! hooks (C function pointers plus a context pointer). The command line selects the
-//! strategy at run time (`swiotlb.strategy=legacy|dynamic|magazine`, through
+//! strategy at run time (`swiotlb.strategy=<name>`, any of the registry's, through
 //! [`bounce_strategies::AnyStrategy`]), so one build carries all of them. The C header
 //! is `include/bounce.h`, generated from [`abi`] and [`ffi`] by cbindgen and checked
 //! in CI (`.ci/c-tests.sh` regenerates and diffs it).
