@@ -191,6 +191,7 @@ strategies! {
     Legacy(bounce_legacy::Legacy, "legacy", "Linux 6.12's swiotlb: one pool of 2 KiB slots converted at boot, per-CPU areas"),
     Dynamic(bounce_dynamic::Dynamic, "dynamic", "size classes refilled and shrunk in the background by kccd, memory that follows demand"),
     Magazine(bounce_magazine::Magazine, "magazine", "per-CPU magazines of ready shared buffers over the dynamic size-class pools"),
+    Bitmap(bounce_bitmap::Bitmap, "bitmap", "Linux's pool and placements, free slots in a bitmap instead of per-slot free counts"),
 }
 
 /// The strategy booted when the command line names none: `legacy`, Linux's own

@@ -52,3 +52,14 @@ mod magazine {
     )
     });
 }
+
+mod bitmap {
+    use super::*;
+
+    // 4096 slots: an 8 MiB pool, as legacy's.
+    bounce_framework::conformance_suite!(|g: &SimGuest| boot(
+        g,
+        "swiotlb=4096 swiotlb.strategy=bitmap",
+        StrategyKind::Bitmap
+    ));
+}
