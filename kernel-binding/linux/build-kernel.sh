@@ -238,10 +238,14 @@ if grep -q '^CONFIG_SWIOTLB_BOUNCE=y' "$OUT/.config"; then
         LIB=$BOUNCE_STATICLIB
         info "prebuilt: $LIB"
     else
-        # The kernel's .config picks the codegen flags (retpoline, IBT, ...).
+        # The kernel's .config picks the codegen flags (retpoline, IBT, ...). One cargo
+        # target dir per checkout: cargo names a workspace crate's artifacts without its
+        # path but checks freshness against the source paths of the build that made
+        # them, so a second checkout sharing the dir would link the first one's code.
         T_LIB=$(date +%s)
+        RUST_TARGET="$BOUNCE_KERNEL_CACHE/rust-target/$(printf %s "$REPO_ROOT" | sha256sum | cut -c1-12)"
         if ! BOUNCE_KERNEL_CONFIG="$OUT/.config" BOUNCE_JOBS="$BOUNCE_JOBS" \
-                BOUNCE_KERNEL_TARGET_DIR="$BOUNCE_KERNEL_CACHE/rust-target" \
+                BOUNCE_KERNEL_TARGET_DIR="$RUST_TARGET" \
                 bash "$REPO_ROOT/.ci/nostd-build.sh" --staticlib bounce-kernel "$LIB" \
                 > "$OUT/rust-build.log" 2>&1; then
             tail -n 40 "$OUT/rust-build.log" >&2
