@@ -41,9 +41,8 @@ pub(crate) mod fixture {
 
     use bounce_framework::sim::{SimGuest, SimLock};
     use bounce_framework::{
-        AuditError, AuditReport, BackgroundReport, BootConfig, Device, InitError, IrqMutex, Located, MapError,
-        PageCount, PageRequest, PhysAddr, PoolStats, ReleaseError, Released, Request, Reservation, SharedMemory,
-        Strategy, UsageCounter,
+        AuditError, AuditReport, BootConfig, Device, InitError, IrqMutex, Located, MapError, PageCount, PageRequest,
+        PhysAddr, PoolStats, ReleaseError, Released, Request, Reservation, SharedMemory, Strategy, UsageCounter,
     };
 
     /// `(buffer bytes, buffers)`; every buffer is aligned to its size (to a page at least).
@@ -171,12 +170,6 @@ pub(crate) mod fixture {
         }
         fn reset_hiwater(&self) {
             self.usage.reset_hiwater();
-        }
-        fn background_pending(&self) -> bool {
-            false
-        }
-        fn run_background(&self) -> BackgroundReport {
-            BackgroundReport::default()
         }
         fn audit(&self) -> Result<AuditReport, AuditError> {
             let st = self.state.lock();

@@ -208,12 +208,17 @@ macro_rules! strategy_trait {
             /// Resets the used high-water mark.
             fn reset_hiwater(&self);
 
-            /// Whether background work (growth, shrinking) is pending.
-            fn background_pending(&self) -> bool;
+            /// Whether background work (growth, shrinking) is pending. The default,
+            /// for a strategy with none (a pool fixed at boot): never.
+            fn background_pending(&self) -> bool {
+                false
+            }
 
             /// Runs pending background work: growth in batches, shrinking of idle
-            /// memory. May sleep.
-            fn run_background(&self) -> ::bounce_framework::BackgroundReport;
+            /// memory. May sleep. The default, for a strategy with none: nothing.
+            fn run_background(&self) -> ::bounce_framework::BackgroundReport {
+                ::bounce_framework::BackgroundReport::default()
+            }
 
             /// Walks every data structure and checks the strategy's invariants: every
             /// byte free, in flight or quarantined, counters matching. May sleep.

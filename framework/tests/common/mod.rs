@@ -6,9 +6,9 @@
 
 use bounce_framework::sim::{SimGuest, SimLock};
 use bounce_framework::{
-    AuditError, AuditReport, BackgroundReport, Detail, Device, IrqMutex, Located, MapError, PageCount, PageRequest,
-    PhysAddr, Platform, PoolStats, ReleaseError, Released, Request, Reservation, SharedMemory, Strategy, UsageCounter,
-    IO_TLB_SEGSIZE, IO_TLB_SIZE,
+    AuditError, AuditReport, Detail, Device, IrqMutex, Located, MapError, PageCount, PageRequest, PhysAddr, Platform,
+    PoolStats, ReleaseError, Released, Request, Reservation, SharedMemory, Strategy, UsageCounter, IO_TLB_SEGSIZE,
+    IO_TLB_SIZE,
 };
 
 #[derive(Clone, Copy)]
@@ -161,14 +161,6 @@ impl Strategy for FirstFit {
 
     fn reset_hiwater(&self) {
         self.usage.reset_hiwater();
-    }
-
-    fn background_pending(&self) -> bool {
-        false
-    }
-
-    fn run_background(&self) -> BackgroundReport {
-        BackgroundReport::default()
     }
 
     fn audit(&self) -> Result<AuditReport, AuditError> {

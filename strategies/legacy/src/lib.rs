@@ -88,10 +88,10 @@ use core::fmt;
 use core::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use bounce_framework::{
-    AuditError, AuditReport, BackgroundReport, BootConfig, Detail, Device, ForceMode, GrowError, InitError, IrqMutex,
-    Located, LogLevel, MapError, PageCount, PageRequest, PhysAddr, Platform, PlatformError, PoolStats, RefillStats,
-    ReleaseError, Released, Request, Reservation, SharedMemory, SlotCount, Strategy, TestProfile, UsageCounter,
-    IO_TLB_SEGSIZE, IO_TLB_SHIFT, IO_TLB_SIZE, PAGE_SIZE,
+    AuditError, AuditReport, BootConfig, Detail, Device, ForceMode, GrowError, InitError, IrqMutex, Located, LogLevel,
+    MapError, PageCount, PageRequest, PhysAddr, Platform, PlatformError, PoolStats, RefillStats, ReleaseError,
+    Released, Request, Reservation, SharedMemory, SlotCount, Strategy, TestProfile, UsageCounter, IO_TLB_SEGSIZE,
+    IO_TLB_SHIFT, IO_TLB_SIZE, PAGE_SIZE,
 };
 
 pub use config::{
@@ -745,14 +745,6 @@ impl<P: Platform, F: FreeSlots> Strategy for SlotPool<P, F> {
 
     fn reset_hiwater(&self) {
         self.usage.reset_hiwater();
-    }
-
-    fn background_pending(&self) -> bool {
-        false
-    }
-
-    fn run_background(&self) -> BackgroundReport {
-        BackgroundReport::default()
     }
 
     /// Walks every slot under all area locks and checks: each mapping's slots are in
