@@ -24,7 +24,7 @@ use crate::bouncer::{Bouncer, BouncerOptions, SgEntry};
 use crate::dma::{Device, DmaAttrs, DmaDirection};
 use crate::error::{FailureReason, LookupError, MapError};
 use crate::platform::Platform;
-use crate::sim::{PageState, PlatformKind, SimConfig, SimDevice, SimGuest};
+use crate::sim::{count_allocations, PageState, PlatformKind, SimConfig, SimDevice, SimGuest};
 use crate::strategy::Strategy;
 
 /// Guest memory of the suite's guest.
@@ -1031,6 +1031,134 @@ pub fn random_sequences_match_model<S: Strategy>(make: &dyn Fn(&SimGuest) -> S) 
             Ok(())
         })
         .unwrap();
+}
+
+/// A mixed round of warm-path work through a [`Bouncer`]: for each of nine sizes from
+/// 64 bytes to 200 000, a bidirectional map (alternately for a NIC and for an NVMe
+/// controller with `min_align_mask` 4095, originals at an odd offset), a partial sync
+/// for the CPU, a sync for the device and an unmap.
+pub struct MapRound {
+    net: Device,
+    nvme: Device,
+    sizes: [usize; 9],
+    origs: Vec<PhysAddr>,
+}
+
+impl MapRound {
+    /// The devices and originals (filled with [`pattern`]) on `guest`.
+    ///
+    /// # Panics
+    /// When the guest has no memory for the originals.
+    pub fn new(guest: &SimGuest) -> Self {
+        let sizes = [64usize, 512, 1500, 2048, 4000, 9000, 16384, 65536, 200_000];
+        let origs = sizes
+            .iter()
+            .map(|&n| {
+                let a = guest.alloc_private(n + PAGE_SIZE).expect("memory for the originals") + 0x123;
+                guest.write(a, &pattern(n as u64, n));
+                a
+            })
+            .collect();
+        Self { net: Device::new("virtio-net"), nvme: Device::new("nvme0").with_min_align_mask(4095), sizes, origs }
+    }
+
+    /// Maps in one round.
+    pub fn maps(&self) -> usize {
+        self.sizes.len()
+    }
+
+    /// Runs the round; returns the maps that failed.
+    ///
+    /// # Panics
+    /// When a sync or unmap of a mapping just made fails.
+    pub fn run<S: Strategy>(&self, b: &Bouncer<SimGuest, S>) -> usize {
+        let mut errors = 0;
+        for (i, (&n, &o)) in self.sizes.iter().zip(&self.origs).enumerate() {
+            let dev = if i % 2 == 0 { &self.net } else { &self.nvme };
+            match b.map_single(dev, o, n, DmaDirection::Bidirectional, DmaAttrs::empty()) {
+                Ok(d) => {
+                    b.sync_single_for_cpu(dev, d + (n as u64 / 2), n / 2, DmaDirection::Bidirectional).unwrap();
+                    b.sync_single_for_device(dev, d, n, DmaDirection::Bidirectional).unwrap();
+                    b.unmap_single(dev, d, n, DmaDirection::Bidirectional, DmaAttrs::empty()).unwrap();
+                }
+                Err(_) => errors += 1,
+            }
+        }
+        errors
+    }
+}
+
+/// The map path's promise, checked on a warm strategy: `rounds` of `round` make no
+/// call to the global allocator (counted with [`count_allocations`]; the test binary
+/// must install [`CountingAlloc`](crate::sim::CountingAlloc) as its global allocator,
+/// which [`zero_alloc_test!`](crate::zero_alloc_test) does), convert no page (the
+/// strategy's and the simulated hardware's counters) and fail no map.
+///
+/// # Panics
+/// When the promise does not hold, or the counter does not see an allocation.
+pub fn rounds_allocate_nothing<S: Strategy>(
+    guest: &SimGuest,
+    b: &Bouncer<SimGuest, S>,
+    round: &MapRound,
+    rounds: usize,
+) {
+    let conv = b.pool_stats().conversions;
+    let hw = guest.stats();
+    let maps = b.stats().maps;
+    let (errors, allocs) = count_allocations(|| (0..rounds).map(|_| round.run(b)).sum::<usize>());
+    assert_eq!(errors, 0, "warm maps failed");
+    assert_eq!(allocs, 0, "the map path called the global allocator {allocs} times");
+    assert_eq!(b.pool_stats().conversions, conv, "the map path converted pages");
+    let hw2 = guest.stats();
+    assert_eq!((hw2.decrypt_calls, hw2.encrypt_calls), (hw.decrypt_calls, hw.encrypt_calls));
+    assert_eq!(b.stats().maps - maps, (rounds * round.maps()) as u64);
+    // The counter itself works.
+    let (len, n) = count_allocations(|| std::hint::black_box(std::vec![1u8; 10]).len());
+    assert_eq!(len, 10);
+    assert_eq!(n, 2, "one allocation and one free: is CountingAlloc the global allocator?");
+}
+
+/// [`rounds_allocate_nothing`] for the strategy `make` builds on a 128 MiB TDX guest
+/// with 2 CPUs, after its background work has settled (on the guest's clock, moved
+/// 1 ms per run) and one warm-up round; then an audit.
+///
+/// # Panics
+/// When the map path allocates, converts or fails, or the audit fails.
+pub fn warm_map_path_allocates_nothing<S: Strategy>(make: &dyn Fn(&SimGuest) -> S) {
+    let mut cfg = SimConfig::new(PlatformKind::Tdx, 128 << 20, 2);
+    cfg.track_copies = true;
+    let guest = SimGuest::new(cfg);
+    let s = make(&guest);
+    for ms in 1..=1000 {
+        guest.set_clock(ms * 1_000_000);
+        if !s.background_pending() {
+            break;
+        }
+        s.run_background();
+    }
+    let b = Bouncer::new(guest.clone(), s, BouncerOptions::default());
+    let round = MapRound::new(&guest);
+    assert_eq!(round.run(&b), 0, "warm-up maps failed");
+    rounds_allocate_nothing(&guest, &b, &round, 50);
+    b.strategy().audit().unwrap();
+    guest.assert_no_violations();
+}
+
+/// The map path allocates nothing, as a test binary of its own: installs
+/// [`CountingAlloc`](crate::sim::CountingAlloc) as the global allocator and runs
+/// [`warm_map_path_allocates_nothing`] for a strategy factory `Fn(&SimGuest) -> S`.
+/// One line in a strategy's `tests/zero_alloc.rs`.
+#[macro_export]
+macro_rules! zero_alloc_test {
+    ($make:expr) => {
+        #[global_allocator]
+        static GLOBAL: $crate::sim::CountingAlloc = $crate::sim::CountingAlloc;
+
+        #[test]
+        fn warm_map_sync_unmap_allocate_nothing_and_convert_nothing() {
+            $crate::conformance::warm_map_path_allocates_nothing(&$make);
+        }
+    };
 }
 
 /// Instantiates the whole conformance suite as `#[test]` functions for a strategy
