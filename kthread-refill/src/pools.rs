@@ -175,6 +175,24 @@ impl PoolConfig {
     pub const PARAMS: &'static [&'static str] =
         &["preset", "classes", "cap", "batch", "idle_ms", "reserve", "limit", "headroom", "chunk", "stock"];
 
+    /// The seed's policy on a small scale, for the conformance suite and other tests
+    /// on a 128 MiB guest: the class sizes 512 B, 2, 4 and 16 KiB and 512 KiB with
+    /// targets of 64, 256, 256, 64 and 8 buffers (about 6.5 MiB), under a 24 MiB cap, so
+    /// the pools stay between 1 and 32 MiB and exhaustion is reachable.
+    pub fn small_seed() -> Self {
+        Self {
+            classes: alloc::vec![
+                ClassSpec::new(512, 64),
+                ClassSpec::new(2048, 256),
+                ClassSpec::new(4096, 256),
+                ClassSpec::new(16384, 64),
+                ClassSpec::new(512 << 10, 8),
+            ],
+            cap_bytes: Some(24 << 20),
+            ..Self::seed()
+        }
+    }
+
     /// The cc-swiotlb seed's policy ([`Preset::Seed`]): [`SEED_CLASSES`] with fixed
     /// watermarks, a chunk per conversion batch and no stock, a 10 % reserve, the
     /// demand boost.

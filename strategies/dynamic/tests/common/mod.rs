@@ -3,26 +3,13 @@
 
 use bounce_dynamic::{Dynamic, DynamicConfig};
 use bounce_framework::sim::SimGuest;
-use bounce_pools::{ClassSpec, PoolConfig};
+use bounce_pools::PoolConfig;
 
 /// The conformance configuration: the default class sizes with small targets, so the
 /// pool stays between 1 and 32 MiB on the suite's 128 MiB guest (targets ≈ 6.5 MiB of
 /// buffers, a 24 MiB cap).
 pub fn small_config() -> DynamicConfig {
-    DynamicConfig {
-        pools: PoolConfig {
-            classes: vec![
-                ClassSpec::new(512, 64),
-                ClassSpec::new(2048, 256),
-                ClassSpec::new(4096, 256),
-                ClassSpec::new(16384, 64),
-                ClassSpec::new(512 << 10, 8),
-            ],
-            cap_bytes: Some(24 << 20),
-            ..PoolConfig::seed()
-        },
-        ..DynamicConfig::default()
-    }
+    DynamicConfig { pools: PoolConfig::small_seed(), ..DynamicConfig::default() }
 }
 
 /// The strategy with [`small_config`] on `guest`.

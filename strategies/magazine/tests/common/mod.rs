@@ -4,26 +4,13 @@
 use bounce_framework::sim::SimGuest;
 use bounce_framework::Platform;
 use bounce_magazine::{Magazine, MagazineConfig};
-use bounce_pools::{ClassSpec, PoolConfig};
+use bounce_pools::PoolConfig;
 
 /// The conformance configuration: the default class sizes with small targets, so the
 /// pools stay between 1 and 32 MiB on the suite's 128 MiB guest (targets ≈ 6.5 MiB of
 /// buffers, a 24 MiB cap); magazine sizes are the defaults.
 pub fn small_config() -> MagazineConfig {
-    MagazineConfig {
-        pools: PoolConfig {
-            classes: vec![
-                ClassSpec::new(512, 64),
-                ClassSpec::new(2048, 256),
-                ClassSpec::new(4096, 256),
-                ClassSpec::new(16384, 64),
-                ClassSpec::new(512 << 10, 8),
-            ],
-            cap_bytes: Some(24 << 20),
-            ..PoolConfig::seed()
-        },
-        ..MagazineConfig::default()
-    }
+    MagazineConfig { pools: PoolConfig::small_seed(), ..MagazineConfig::default() }
 }
 
 /// The magazine strategy with [`small_config`] on `platform`.
