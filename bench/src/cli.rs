@@ -708,7 +708,8 @@ fn run_stress(a: &StressArgs) -> Result<(), Failure> {
         eprintln!("wrote {}", path.display());
     }
     if failed.is_empty() {
-        println!("stress: PASS ({} strategies, no violations)", reports.len());
+        let n = reports.len();
+        println!("stress: PASS ({n} {}, no violations)", if n == 1 { "strategy" } else { "strategies" });
         Ok(())
     } else {
         println!("stress: FAIL ({} of {})", failed.len(), reports.len());
