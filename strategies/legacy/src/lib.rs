@@ -16,6 +16,11 @@
 //! confidential-guest 6 % rule, `limit_nareas`) follow the C code line by line; comments
 //! quote it.
 //!
+//! The pool is [`SlotPool`], generic over how it keeps track of free slots
+//! ([`FreeSlots`]); the legacy strategy is [`Legacy`], the pool with Linux's per-slot
+//! free counts ([`LinuxLists`], `list` above). Another bookkeeping on the same pool is
+//! another strategy (`bounce-bitmap`), with the same placements.
+//!
 //! ## Deviations from Linux, and why
 //!
 //! - `release` and `locate` are not given the device, so a mapping's first data slot
@@ -242,7 +247,8 @@ impl<P: Platform, F: FreeSlots> SlotPool<P, F> {
     pub const TEST_PROFILE: TestProfile = F::TEST_PROFILE;
 
     /// The `swiotlb.<NAME>.*` parameters: none. The pool is sized by Linux's own
-    /// `swiotlb=<slots>[,<areas>]`, so any `swiotlb.legacy.<param>` is an error.
+    /// `swiotlb=<slots>[,<areas>]`, so any `swiotlb.legacy.<param>` (or
+    /// `swiotlb.<NAME>.<param>` of another bookkeeping) is an error.
     pub const PARAMS: &'static [&'static str] = &[];
 
     /// Builds the pool Linux 6.12 would boot with for `boot.swiotlb` on `platform`
