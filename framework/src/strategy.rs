@@ -251,8 +251,8 @@ pub enum PoolShape {
     Fixed,
     /// Memory grown by background conversions up to a cap (refusing with
     /// [`MapError::Cap`](crate::MapError::Cap) there), idle memory returned to private,
-    /// and [`MapError::Exhausted`](crate::MapError::Exhausted) with the fact `class`
-    /// when nothing ready fits.
+    /// and [`MapError::Exhausted`](crate::MapError::Exhausted) with the fact
+    /// `class bytes` when nothing ready fits.
     Growing,
 }
 

@@ -25,7 +25,6 @@ extern crate alloc;
 use alloc::boxed::Box;
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use bounce_framework::{PoolShape, TestProfile};
 use bounce_legacy::{segment_end, FreeSlots, SlotPool};
 
 /// The bitmap strategy over platform `P` (`swiotlb.strategy=bitmap`).
@@ -84,18 +83,7 @@ impl BitmapSlots {
 }
 
 impl FreeSlots for BitmapSlots {
-    const NAME: &'static str = "bitmap";
-    const SMALL_CMDLINES: &'static [&'static str] = &[
-        "swiotlb=1024 swiotlb.strategy=bitmap",
-        "swiotlb=2048,4 swiotlb.strategy=bitmap",
-        "swiotlb=512,1 swiotlb.strategy=bitmap",
-        "swiotlb=640,1,force swiotlb.strategy=bitmap",
-    ];
-    const TEST_PROFILE: TestProfile = TestProfile {
-        pool: PoolShape::Fixed,
-        fault_matrix: "swiotlb=512 swiotlb.strategy=bitmap",
-        hostile_host: "swiotlb=4096 swiotlb.strategy=bitmap",
-    };
+    bounce_legacy::slot_pool_names!("bitmap");
 
     fn new(nslabs: usize) -> Self {
         Self { used: (0..nslabs.div_ceil(WORD)).map(|_| AtomicU64::new(0)).collect(), nslabs }

@@ -9,7 +9,7 @@ use bounce_framework::{
 };
 
 use crate::slot::SlotView;
-use crate::{nr_slots, FreeSlots, Geometry, SlotPool};
+use crate::{nr_slots, segment_end, FreeSlots, Geometry, SlotPool};
 
 impl<P: Platform, F: FreeSlots> SlotPool<P, F> {
     /// Walks every slot under all area locks and checks: each mapping's slots are in
@@ -108,7 +108,7 @@ impl<P: Platform, F: FreeSlots> SlotPool<P, F> {
             if own.is_some() {
                 return fail(format!("slot {i} is free but inside a mapping"));
             }
-            let seg_end = (i + 1).next_multiple_of(IO_TLB_SEGSIZE).min(nslabs);
+            let seg_end = segment_end(i, nslabs);
             let next = if i + 1 < seg_end { usize::from(views[i + 1].list) } else { 0 };
             if usize::from(v.list) != next + 1 {
                 return fail(format!("slot {i}: free count {} but {} free slots follow in its segment", v.list, next));

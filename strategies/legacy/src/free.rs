@@ -52,6 +52,28 @@ pub trait FreeSlots: Send + Sync + Sized + 'static {
     fn give(&self, i: usize, n: usize);
 }
 
+/// The registry items of a strategy that is a [`SlotPool`](crate::SlotPool) with
+/// bookkeeping of its own, inside its `impl FreeSlots`: `NAME` (the boot name given),
+/// and the pool's `SMALL_CMDLINES` and fixed-pool `TEST_PROFILE` for that name. They
+/// belong to the pool, so every bookkeeping shares them.
+#[macro_export]
+macro_rules! slot_pool_names {
+    ($name:literal) => {
+        const NAME: &'static str = $name;
+        const SMALL_CMDLINES: &'static [&'static str] = &[
+            concat!("swiotlb=1024 swiotlb.strategy=", $name),
+            concat!("swiotlb=2048,4 swiotlb.strategy=", $name),
+            concat!("swiotlb=512,1 swiotlb.strategy=", $name),
+            concat!("swiotlb=640,1,force swiotlb.strategy=", $name),
+        ];
+        const TEST_PROFILE: $crate::__TestProfile = $crate::__TestProfile {
+            pool: $crate::__PoolShape::Fixed,
+            fault_matrix: concat!("swiotlb=512 swiotlb.strategy=", $name),
+            hostile_host: concat!("swiotlb=4096 swiotlb.strategy=", $name),
+        };
+    };
+}
+
 /// `io_tlb_offset()`: a slot's position inside its segment.
 #[inline]
 pub const fn io_tlb_offset(val: usize) -> usize {
@@ -96,18 +118,7 @@ impl LinuxLists {
 }
 
 impl FreeSlots for LinuxLists {
-    const NAME: &'static str = "legacy";
-    const SMALL_CMDLINES: &'static [&'static str] = &[
-        "swiotlb=1024 swiotlb.strategy=legacy",
-        "swiotlb=2048,4 swiotlb.strategy=legacy",
-        "swiotlb=512,1 swiotlb.strategy=legacy",
-        "swiotlb=640,1,force swiotlb.strategy=legacy",
-    ];
-    const TEST_PROFILE: TestProfile = TestProfile {
-        pool: bounce_framework::PoolShape::Fixed,
-        fault_matrix: "swiotlb=512 swiotlb.strategy=legacy",
-        hostile_host: "swiotlb=4096 swiotlb.strategy=legacy",
-    };
+    crate::slot_pool_names!("legacy");
 
     /// `mem->slots[i].list = min(IO_TLB_SEGSIZE - io_tlb_offset(i), mem->nslabs - i);`
     fn new(nslabs: usize) -> Self {

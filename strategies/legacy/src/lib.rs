@@ -99,6 +99,8 @@ use bounce_framework::{
     IO_TLB_SHIFT, IO_TLB_SIZE, PAGE_SIZE,
 };
 
+#[doc(hidden)]
+pub use bounce_framework::{PoolShape as __PoolShape, TestProfile as __TestProfile};
 pub use config::{
     fit_nareas, limit_nareas, Geometry, LegacyConfig, LinuxSizing, Placement, COCO_MAX_SIZE, COCO_PERCENT,
     IO_TLB_DEFAULT_SIZE, IO_TLB_MIN_SLABS, LOW_MEMORY_LIMIT, MAX_AREAS, MAX_SLOTS,
