@@ -9,7 +9,7 @@ use crate::dma::{Device, DmaAttrs, DmaDirection};
 use crate::error::{FailureReason, LookupError, MapError};
 use crate::platform::{BouncedEvent, LogLevel, Platform};
 use crate::stats::{BounceSnapshot, BounceStats, Counter, DebugfsView, PoolStats};
-use crate::strategy::{Located, ReleaseError, Request, Reservation, Strategy};
+use crate::strategy::{Found, Located, ReleaseError, Request, Reservation, Strategy};
 
 /// Options of a [`Bouncer`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -324,7 +324,7 @@ impl<P: Platform, S: Strategy> Bouncer<P, S> {
         self.timed_copy(tlb, orig, size, &mut copy_ns);
         self.stats.add(cpu, Counter::Maps, 1);
         self.stats.add(cpu, Counter::BytesToBounce, size as u64);
-        self.stats.inflight_add(size);
+        self.stats.inflight_add(cpu, size);
         if self.options.trace {
             self.platform.trace_bounced(&BouncedEvent {
                 dev,
@@ -378,13 +378,17 @@ impl<P: Platform, S: Strategy> Bouncer<P, S> {
         result
     }
 
-    /// Looks up a caller's bus address.
-    fn locate(&self, dma: DmaAddr) -> Result<(PhysAddr, Located), LookupError> {
+    /// Looks up a caller's bus address: the one lookup of an unmap or a sync.
+    #[inline]
+    fn find(&self, dma: DmaAddr) -> Result<(PhysAddr, Found), LookupError> {
         let phys = self.platform.dma_to_phys(dma);
-        match self.strategy.locate(phys) {
-            Some(l) => Ok((phys, l)),
-            None if self.strategy.owns(phys) => Err(LookupError::NotMapped(dma)),
-            None => Err(LookupError::Foreign(dma)),
+        match self.strategy.find(phys) {
+            Ok(f) => Ok((phys, f)),
+            Err(ReleaseError::Foreign) => Err(LookupError::Foreign(dma)),
+            Err(ReleaseError::NotMapped) => Err(LookupError::NotMapped(dma)),
+            Err(ReleaseError::NotStart { start }) => {
+                Err(LookupError::NotMappingStart { addr: dma, start: self.platform.phys_to_dma(start) })
+            }
         }
     }
 
@@ -484,7 +488,8 @@ impl<P: Platform, S: Strategy> Bouncer<P, S> {
         attrs: DmaAttrs,
         cpu: usize,
     ) -> Result<u64, LookupError> {
-        let (tlb, loc) = self.locate(dma)?;
+        let (tlb, found) = self.find(dma)?;
+        let loc = found.loc;
         if loc.start != tlb {
             return Err(LookupError::NotMappingStart { addr: dma, start: self.platform.phys_to_dma(loc.start) });
         }
@@ -499,10 +504,10 @@ impl<P: Platform, S: Strategy> Bouncer<P, S> {
                 copy_ns += self.platform.now_ns() - t;
             }
         }
-        match self.strategy.release(tlb) {
+        match self.strategy.release_found(&found, cpu) {
             Ok(rel) => {
                 self.stats.add(cpu, Counter::Unmaps, 1);
-                self.stats.inflight_sub(rel.size);
+                self.stats.inflight_sub(cpu, rel.size);
                 Ok(copy_ns)
             }
             // Lost a race with a concurrent unmap of the same address (a caller bug):
@@ -556,8 +561,8 @@ impl<P: Platform, S: Strategy> Bouncer<P, S> {
     ) -> Result<(), LookupError> {
         let cpu = self.platform.current_cpu();
         let t0 = self.clock();
-        let (tlb, loc) = match self.locate(dma) {
-            Ok(x) => x,
+        let (tlb, loc) = match self.find(dma) {
+            Ok((tlb, f)) => (tlb, f.loc),
             Err(e) => {
                 self.stats.fail(cpu, e.reason());
                 return Err(e);

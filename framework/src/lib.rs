@@ -27,11 +27,13 @@ pub mod cmdline;
 pub mod dma;
 pub mod error;
 pub mod lock;
+pub mod percpu;
+pub mod pfn_map;
 pub mod platform;
 pub mod shared;
 pub mod stats;
 pub mod strategy;
-pub mod xarray;
+pub mod sync;
 
 #[cfg(feature = "sim")]
 pub mod sim;
@@ -47,11 +49,12 @@ pub use cmdline::{BootConfig, ForceMode, StrategyParams, SwiotlbParam};
 pub use dma::{Device, DmaAttrs, DmaDirection};
 pub use error::{CmdlineError, Detail, FailureReason, GrowError, InitError, LookupError, MapError, PlatformError};
 pub use lock::{IrqControl, IrqGuards, IrqMutex, IrqMutexGuard, IrqState, NoIrq, RawIrqLock, SpinIrqLock};
+pub use percpu::{PerCpuUsage, USAGE_BATCH};
+pub use pfn_map::{PfnMap, PfnMapError, PFN_LIMIT};
 pub use platform::{AllocContext, BouncedEvent, LogLevel, PageRequest, Platform};
 pub use shared::{ConversionStats, SharedMemory};
 pub use stats::{BounceSnapshot, BounceStats, DebugfsView, PoolStats, RefillStats, UsageCounter};
 pub use strategy::{
-    AuditError, AuditReport, BackgroundReport, Located, PoolShape, ReleaseError, Released, Request, Reservation,
-    Strategy, TestProfile,
+    AuditError, AuditReport, BackgroundReport, Found, Handle, Located, PoolShape, ReleaseError, Released, Request,
+    Reservation, Strategy, TestProfile,
 };
-pub use xarray::{AllocKind, XArray, XaError};

@@ -10,6 +10,7 @@ use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::addr::SlotCount;
 use crate::error::FailureReason;
+use crate::percpu::PerCpuUsage;
 use crate::shared::ConversionStats;
 
 /// Bytes in use and their high-water mark (`io_tlb_used`, `io_tlb_used_hiwater`).
@@ -142,8 +143,10 @@ struct Shard {
 /// stack (`bounce_create` runs on one).
 pub struct BounceStats {
     shards: Box<[Shard]>,
-    inflight_bytes: AtomicUsize,
-    inflight_peak: AtomicUsize,
+    /// Bytes in flight, per CPU (the peak is exact to within one
+    /// [`USAGE_BATCH`](crate::USAGE_BATCH) per other CPU under concurrent maps; see
+    /// [`PerCpuUsage`]).
+    inflight: PerCpuUsage,
 }
 
 /// What a shard counter counts.
@@ -170,11 +173,7 @@ impl BounceStats {
     /// # Context
     /// Allocates (16 KiB): construction time only, never the map path.
     pub fn new() -> Self {
-        Self {
-            shards: (0..STAT_SHARDS).map(|_| Shard::default()).collect(),
-            inflight_bytes: AtomicUsize::new(0),
-            inflight_peak: AtomicUsize::new(0),
-        }
+        Self { shards: (0..STAT_SHARDS).map(|_| Shard::default()).collect(), inflight: PerCpuUsage::new(STAT_SHARDS) }
     }
 
     #[inline]
@@ -218,28 +217,25 @@ impl BounceStats {
     }
 
     #[inline]
-    pub(crate) fn inflight_add(&self, bytes: usize) {
-        let now = self.inflight_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        if now > self.inflight_peak.load(Ordering::Relaxed) {
-            self.inflight_peak.fetch_max(now, Ordering::Relaxed);
-        }
+    pub(crate) fn inflight_add(&self, cpu: usize, bytes: usize) {
+        self.inflight.add(cpu, bytes);
     }
 
     #[inline]
-    pub(crate) fn inflight_sub(&self, bytes: usize) {
-        self.inflight_bytes.fetch_sub(bytes, Ordering::Relaxed);
+    pub(crate) fn inflight_sub(&self, cpu: usize, bytes: usize) {
+        self.inflight.sub(cpu, bytes);
     }
 
     /// Resets the in-flight peak to the current value.
     pub fn reset_inflight_peak(&self) {
-        self.inflight_peak.store(self.inflight_bytes.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.inflight.reset_hiwater();
     }
 
     /// Sums the shards.
     pub fn snapshot(&self) -> BounceSnapshot {
         let mut s = BounceSnapshot {
-            inflight_bytes: self.inflight_bytes.load(Ordering::Relaxed) as u64,
-            inflight_bytes_peak: self.inflight_peak.load(Ordering::Relaxed) as u64,
+            inflight_bytes: self.inflight.used() as u64,
+            inflight_bytes_peak: self.inflight.hiwater() as u64,
             ..BounceSnapshot::default()
         };
         for sh in &self.shards {

@@ -75,6 +75,27 @@ pub struct Located {
     pub remaining: usize,
 }
 
+/// A strategy's own reference to a live mapping, handed out by [`Strategy::find`] and
+/// taken back by [`Strategy::release_found`], so an unmap resolves its address once.
+/// Opaque to the framework: each strategy says what its two words mean (the pools: the
+/// chunk record, the buffer and the record's sequence word; the default: nothing).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Handle {
+    /// The strategy's first word.
+    pub key: u64,
+    /// The strategy's second word.
+    pub tag: u64,
+}
+
+/// A live mapping found by [`Strategy::find`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Found {
+    /// Where it is.
+    pub loc: Located,
+    /// How the strategy finds it again without a lookup.
+    pub handle: Handle,
+}
+
 /// Why [`Strategy::release`] refused an address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReleaseError {
@@ -157,7 +178,7 @@ macro_rules! strategy_trait {
         /// A bounce-buffer allocation strategy.
         ///
         /// # Context
-        /// `reserve`, `release`, `locate`, `owns`, `max_mapping_size`,
+        /// `reserve`, `release`, `locate`, `find`, `release_found`, `owns`, `max_mapping_size`,
         /// `addressing_limit`, `stats`, `reset_hiwater` and `background_pending` run on
         /// the map path: any context, IRQs possibly off. They must not sleep, must not
         /// call the global allocator and must not convert pages; they may take the
@@ -190,6 +211,48 @@ macro_rules! strategy_trait {
 
             /// Finds the live mapping that contains `addr`.
             fn locate(&self, addr: ::bounce_framework::PhysAddr) -> ::core::option::Option<::bounce_framework::Located>;
+
+            /// Finds the live mapping that contains `addr` with a handle to release it
+            /// by ([`release_found`](Self::release_found)): the one lookup of an unmap
+            /// or a sync. The default: [`locate`](Self::locate), then
+            /// [`owns`](Self::owns) to tell a foreign address from an unmapped one.
+            ///
+            /// # Errors
+            /// [`ReleaseError::Foreign`](::bounce_framework::ReleaseError::Foreign) or
+            /// [`ReleaseError::NotMapped`](::bounce_framework::ReleaseError::NotMapped).
+            #[inline]
+            fn find(
+                &self,
+                addr: ::bounce_framework::PhysAddr,
+            ) -> ::core::result::Result<::bounce_framework::Found, ::bounce_framework::ReleaseError> {
+                match self.locate(addr) {
+                    ::core::option::Option::Some(loc) => ::core::result::Result::Ok(::bounce_framework::Found {
+                        loc,
+                        handle: ::bounce_framework::Handle::default(),
+                    }),
+                    ::core::option::Option::None if self.owns(addr) => {
+                        ::core::result::Result::Err(::bounce_framework::ReleaseError::NotMapped)
+                    }
+                    ::core::option::Option::None => ::core::result::Result::Err(::bounce_framework::ReleaseError::Foreign),
+                }
+            }
+
+            /// Releases the mapping `found` (from [`find`](Self::find) at its start) on
+            /// `cpu`, without looking its address up again. A racing release of the same
+            /// mapping (a caller's double unmap) makes exactly one of them succeed. The
+            /// default: [`release`](Self::release) of the mapping's start.
+            ///
+            /// # Errors
+            /// A [`ReleaseError`](::bounce_framework::ReleaseError); state unchanged.
+            #[inline]
+            fn release_found(
+                &self,
+                found: &::bounce_framework::Found,
+                cpu: usize,
+            ) -> ::core::result::Result<::bounce_framework::Released, ::bounce_framework::ReleaseError> {
+                let _ = cpu;
+                self.release(found.loc.start)
+            }
 
             /// Whether `addr` lies in memory this strategy manages (`is_swiotlb_buffer`),
             /// mapped or not.

@@ -1,11 +1,16 @@
 //! Chunks: one conversion batch carved into the buffers of one class, and the per-buffer
 //! in-flight records.
 //!
-//! A [`Chunk`] is built by the engine outside every lock (its record arrays are
-//! allocated then), indexed by page frame number, and published to its class pool in
-//! O(1). It is shared through `Arc`: the address index holds one reference per page, the
-//! pool's lists hold one while the chunk has free buffers, and a [`FreeBuffer`] holds one
-//! while a buffer is out of the pool.
+//! A [`Chunk`] is a record in the address index ([`crate::ChunkIndex`]): built by the
+//! engine outside every lock (its record arrays are allocated then), indexed by page
+//! frame number, and published to its class pool in O(1). Records are never freed while
+//! the index lives: a retired chunk's record waits, vacant, for the next chunk of the
+//! same capacity, which gives it a new address range ([`Chunk::recycle`]). So a lock-free
+//! lookup that found a record may always read it; the record's *generation* word (odd
+//! while its geometry changes) tells the lookup whether what it read still holds. The
+//! index holds the one `Arc` of each record; the pool's lists hold clones while the
+//! chunk has free buffers; a [`FreeBuffer`] is two numbers (record slot, buffer index),
+//! so taking and returning a buffer touches no reference count.
 //!
 //! # Per-buffer records
 //! Each buffer has a [`BufMeta`]: a sequence word (even: not mapped, odd: in flight) and
@@ -21,9 +26,9 @@
 //! `Sync` without `unsafe`); the pool's per-chunk free count is its depth.
 
 use alloc::boxed::Box;
-use alloc::sync::Arc;
 use core::fmt;
-use core::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+use bounce_framework::sync::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use intrusive_collections::{linked_list, rbtree};
 
@@ -63,20 +68,25 @@ pub struct BufState {
 pub struct Chunk {
     pub(crate) partial_link: rbtree::AtomicLink,
     pub(crate) empty_link: linked_list::AtomicLink,
+    /// The record's slot in the address index (fixed for the record's life).
+    slot: u32,
+    /// Even: the geometry below is stable; odd: it is being changed (reshape, blank,
+    /// retire, recycle). Bumped twice around every change, seqlock-style.
+    gen: AtomicU32,
     /// The class index, or [`BLANK`] for a shell that belongs to no class. The geometry
     /// fields (`class`, `first`, `shift`, `buffers`) change only while the chunk is a
     /// completely free shell out of every pool ([`Chunk::reshape`], [`Chunk::blank`]),
     /// so a lookup that races a change can only be a stale one (an unmap of an address
     /// that is not mapped), which finds no buffer in flight either way.
     class: AtomicUsize,
-    base: PhysAddr,
-    pages: PageCount,
+    base: AtomicU64,
+    pages: AtomicUsize,
     first: AtomicU64,
     shift: AtomicU32,
     buffers: AtomicU32,
     /// Whether the chunk is a shell ([`Chunk::shell`]): reshaped between classes instead
-    /// of being carved and dropped.
-    shell: bool,
+    /// of being carved and retired.
+    shell: AtomicBool,
     free_top: AtomicU32,
     free_stack: Box<[AtomicU32]>,
     meta: Box<[BufMeta]>,
@@ -88,8 +98,8 @@ impl fmt::Debug for Chunk {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Chunk")
             .field("class", &self.class())
-            .field("base", &self.base)
-            .field("pages", &self.pages.get())
+            .field("base", &self.base())
+            .field("pages", &self.pages().get())
             .field("first", &self.first())
             .field("buffer_size", &self.buffer_size())
             .field("buffers", &self.buffers())
@@ -99,54 +109,22 @@ impl fmt::Debug for Chunk {
 }
 
 impl Chunk {
-    /// Carves the shared block `[base, base + class.chunk_pages pages)` into
-    /// `class.chunk_buffers` buffers starting at the first address aligned to
-    /// `class.align`. All buffers start free. Allocates the record arrays (background
-    /// context only).
-    pub fn carve(class_index: usize, class: &SizeClass, base: PhysAddr) -> Self {
-        let first = base.align_up(class.align as u64);
-        debug_assert!(
-            first.0 + ((class.chunk_buffers << class.shift) as u64) <= base.0 + class.chunk_bytes() as u64,
-            "chunk slack covers the alignment"
-        );
-        let n = class.chunk_buffers;
-        // Stack bottom holds the highest index, so buffers are handed out in address
-        // order from a fresh chunk.
-        let free_stack: Box<[AtomicU32]> = (0..n).rev().map(|i| AtomicU32::new(i as u32)).collect();
-        let meta: Box<[BufMeta]> = (0..n).map(|_| BufMeta::default()).collect();
+    /// A vacant record in index slot `slot` with room for `capacity` buffers (the
+    /// record arrays are allocated here: background context only). Give it an address
+    /// range with [`Chunk::recycle`].
+    pub(crate) fn vacant(slot: u32, capacity: usize) -> Self {
         Self {
             partial_link: rbtree::AtomicLink::new(),
             empty_link: linked_list::AtomicLink::new(),
-            class: AtomicUsize::new(class_index),
-            base,
-            pages: PageCount(class.chunk_pages),
-            first: AtomicU64::new(first.0),
-            shift: AtomicU32::new(class.shift),
-            buffers: AtomicU32::new(n as u32),
-            shell: false,
-            free_top: AtomicU32::new(n as u32),
-            free_stack,
-            meta,
-            empty_since: AtomicU64::new(0),
-        }
-    }
-
-    /// A blank shell over the shared block `[base, base + pages)` with records for up
-    /// to `capacity` buffers, belonging to no class: [`Chunk::reshape`] gives it a
-    /// class's geometry without allocating (on the map path), [`Chunk::blank`] takes it
-    /// back. `base` must be aligned to every class alignment the shell will take.
-    /// Allocates the record arrays (background context only).
-    pub fn shell(base: PhysAddr, pages: usize, capacity: usize) -> Self {
-        Self {
-            partial_link: rbtree::AtomicLink::new(),
-            empty_link: linked_list::AtomicLink::new(),
+            slot,
+            gen: AtomicU32::new(0),
             class: AtomicUsize::new(BLANK),
-            base,
-            pages: PageCount(pages),
-            first: AtomicU64::new(base.0),
+            base: AtomicU64::new(0),
+            pages: AtomicUsize::new(0),
+            first: AtomicU64::new(0),
             shift: AtomicU32::new(bounce_framework::PAGE_SHIFT),
             buffers: AtomicU32::new(0),
-            shell: true,
+            shell: AtomicBool::new(false),
             free_top: AtomicU32::new(0),
             free_stack: (0..capacity).map(|_| AtomicU32::new(0)).collect(),
             meta: (0..capacity).map(|_| BufMeta::default()).collect(),
@@ -154,19 +132,122 @@ impl Chunk {
         }
     }
 
-    /// Whether this chunk is a shell (reshaped between classes, never dropped while
-    /// indexed).
+    /// Buffers the record has room for.
+    pub fn capacity(&self) -> usize {
+        self.meta.len()
+    }
+
+    /// The record's slot in the address index.
+    #[inline]
+    pub fn slot(&self) -> u32 {
+        self.slot
+    }
+
+    /// Starts a change of the geometry: lookups that overlap it retry or miss.
+    fn begin_change(&self) {
+        let g = self.gen.load(Ordering::Relaxed);
+        debug_assert!(g % 2 == 0, "nested geometry change");
+        self.gen.store(g.wrapping_add(1), Ordering::Relaxed);
+        // Orders the odd word before the geometry stores that follow (a reader that
+        // sees a new field value then sees an odd or newer word); pairs with the
+        // acquire fence in `geometry_stable`.
+        fence(Ordering::Release);
+    }
+
+    /// Ends a change of the geometry.
+    fn end_change(&self) {
+        let g = self.gen.load(Ordering::Relaxed);
+        // Publishes the geometry with the even word; pairs with the acquire load in
+        // `generation`.
+        self.gen.store(g.wrapping_add(1), Ordering::Release);
+    }
+
+    /// The generation word, for a lookup that starts reading the geometry (odd: being
+    /// changed now).
+    #[inline]
+    pub(crate) fn generation(&self) -> u32 {
+        self.gen.load(Ordering::Acquire)
+    }
+
+    /// Whether the geometry a lookup read after [`Chunk::generation`] returned `g` was
+    /// stable all along.
+    #[inline]
+    pub(crate) fn geometry_stable(&self, g: u32) -> bool {
+        // Pairs with the release fence in `begin_change`: if any field read came from a
+        // change, the word has moved on.
+        fence(Ordering::Acquire);
+        g % 2 == 0 && self.gen.load(Ordering::Relaxed) == g
+    }
+
+    /// Gives a vacant record the shared block `[base, base + pages)`: carved into
+    /// `class`'s buffers (`Some`), all free, first at the first address aligned to the
+    /// class alignment; or as a blank shell (`None`). The caller owns the record
+    /// exclusively (vacant, or just created). Never allocates; per-buffer sequence words
+    /// keep counting, so a stale handle of the record's past life never matches.
+    ///
+    /// # Panics
+    /// When the record is too small (a caller bug).
+    pub(crate) fn recycle(&self, base: PhysAddr, pages: usize, carve: Option<(usize, &SizeClass)>) {
+        self.begin_change();
+        self.base.store(base.0, Ordering::Relaxed);
+        self.pages.store(pages, Ordering::Relaxed);
+        self.set_empty_since(0);
+        if let Some((class_index, class)) = carve {
+            let first = base.align_up(class.align as u64);
+            let n = class.chunk_buffers;
+            assert!(n <= self.meta.len(), "bounce-pools: a record of {} buffers carved for {n}", self.meta.len());
+            debug_assert!(
+                first.0 + ((n << class.shift) as u64) <= base.0 + (pages * bounce_framework::PAGE_SIZE) as u64,
+                "chunk slack covers the alignment"
+            );
+            // Stack bottom holds the highest index, so buffers are handed out in
+            // address order from a fresh chunk.
+            for (slot, i) in self.free_stack[..n].iter().zip((0..n as u32).rev()) {
+                slot.store(i, Ordering::Relaxed);
+            }
+            self.shell.store(false, Ordering::Relaxed);
+            self.first.store(first.0, Ordering::Relaxed);
+            self.shift.store(class.shift, Ordering::Relaxed);
+            self.buffers.store(n as u32, Ordering::Relaxed);
+            self.free_top.store(n as u32, Ordering::Relaxed);
+            self.class.store(class_index, Ordering::Relaxed);
+        } else {
+            self.shell.store(true, Ordering::Relaxed);
+            self.first.store(base.0, Ordering::Relaxed);
+            self.shift.store(bounce_framework::PAGE_SHIFT, Ordering::Relaxed);
+            self.buffers.store(0, Ordering::Relaxed);
+            self.free_top.store(0, Ordering::Relaxed);
+            self.class.store(BLANK, Ordering::Relaxed);
+        }
+        self.end_change();
+    }
+
+    /// Makes a retired chunk's record vacant: no address range, no buffers. The caller
+    /// owns it exclusively (out of every pool, every buffer free, out of the index).
+    pub(crate) fn vacate(&self) {
+        debug_assert!(self.free_count() == self.buffers(), "vacating {self:?} with a buffer out");
+        self.begin_change();
+        self.base.store(0, Ordering::Relaxed);
+        self.pages.store(0, Ordering::Relaxed);
+        self.buffers.store(0, Ordering::Relaxed);
+        self.free_top.store(0, Ordering::Relaxed);
+        self.class.store(BLANK, Ordering::Relaxed);
+        self.end_change();
+    }
+
+    /// Whether this chunk is a shell (reshaped between classes, never retired while it
+    /// is kept).
     pub fn is_shell(&self) -> bool {
-        self.shell
+        self.shell.load(Ordering::Relaxed)
     }
 
     /// Whether a blank shell can take `class`'s geometry: the class's buffers fit its
     /// records and pages, and its base is aligned as the class needs.
     pub fn can_take(&self, class: &SizeClass) -> bool {
-        self.shell
-            && class.size <= self.pages.bytes()
-            && self.pages.bytes() / class.size <= self.meta.len()
-            && self.base.is_aligned(class.align as u64)
+        self.is_shell()
+            && class.size <= self.pages().bytes()
+            && self.pages().bytes() / class.size <= self.meta.len()
+            && self.base().is_aligned(class.align as u64)
     }
 
     /// Gives a blank shell `class`'s geometry: `pages × 4 KiB / size` buffers from the
@@ -177,18 +258,18 @@ impl Chunk {
     /// When the chunk is not a blank shell or cannot take the class (a caller bug).
     pub(crate) fn reshape(&self, class_index: usize, class: &SizeClass) {
         assert!(self.class() == BLANK && self.can_take(class), "bounce-pools: reshaping {self:?} for {class:?}");
-        let n = self.pages.bytes() / class.size;
+        let n = self.pages().bytes() / class.size;
+        self.begin_change();
         for (slot, i) in self.free_stack[..n].iter().zip((0..n as u32).rev()) {
             slot.store(i, Ordering::Relaxed);
         }
-        self.first.store(self.base.0, Ordering::Relaxed);
+        self.first.store(self.base().0, Ordering::Relaxed);
         self.shift.store(class.shift, Ordering::Relaxed);
         self.buffers.store(n as u32, Ordering::Relaxed);
         self.free_top.store(n as u32, Ordering::Relaxed);
         self.set_empty_since(0);
-        // Publishes the geometry to lookups that find the chunk through the index
-        // afterwards (they only reach a buffer once a commit published it anyway).
-        self.class.store(class_index, Ordering::Release);
+        self.class.store(class_index, Ordering::Relaxed);
+        self.end_change();
     }
 
     /// Takes a completely free shell out of its class: blank again, no buffers. The
@@ -197,10 +278,12 @@ impl Chunk {
     /// # Panics
     /// When the chunk is not a shell or has a buffer out (a caller bug).
     pub(crate) fn blank(&self) {
-        assert!(self.shell && self.free_count() == self.buffers(), "bounce-pools: blanking {self:?}");
-        self.class.store(BLANK, Ordering::Release);
+        assert!(self.is_shell() && self.free_count() == self.buffers(), "bounce-pools: blanking {self:?}");
+        self.begin_change();
+        self.class.store(BLANK, Ordering::Relaxed);
         self.buffers.store(0, Ordering::Relaxed);
         self.free_top.store(0, Ordering::Relaxed);
+        self.end_change();
     }
 
     /// The class index ([`BLANK`] for a blank shell).
@@ -210,18 +293,21 @@ impl Chunk {
     }
 
     /// The first page of the block.
+    #[inline]
     pub fn base(&self) -> PhysAddr {
-        self.base
+        PhysAddr(self.base.load(Ordering::Relaxed))
     }
 
     /// Pages in the block (buffers and slack).
+    #[inline]
     pub fn pages(&self) -> PageCount {
-        self.pages
+        PageCount(self.pages.load(Ordering::Relaxed))
     }
 
     /// The end of the block (exclusive).
+    #[inline]
     pub fn end(&self) -> PhysAddr {
-        self.base + self.pages.bytes() as u64
+        self.base() + self.pages().bytes() as u64
     }
 
     /// The first buffer's address.
@@ -250,7 +336,7 @@ impl Chunk {
     /// Bytes of the block outside every buffer (alignment slack; a blank shell's whole
     /// block).
     pub fn slack_bytes(&self) -> usize {
-        self.pages.bytes() - (self.buffers() << self.shift())
+        self.pages().bytes() - (self.buffers() << self.shift())
     }
 
     /// The address of buffer `i`.
@@ -268,8 +354,9 @@ impl Chunk {
     }
 
     /// Whether `addr` lies in the block (slack included).
+    #[inline]
     pub fn contains(&self, addr: PhysAddr) -> bool {
-        addr >= self.base && addr < self.end()
+        addr >= self.base() && addr < self.end()
     }
 
     /// Free buffers on the chunk's stack. Exact under the pool lock; a hint otherwise.
@@ -365,50 +452,84 @@ impl Chunk {
         }
     }
 
+    /// The live mapping containing `addr` (partial syncs may point anywhere inside it),
+    /// with its buffer index and the record's sequence word: what
+    /// [`Chunk::release_buffer`] takes. `None` when the chunk's geometry or the buffer's
+    /// record changed under the read (the caller retries: it found a record being
+    /// recycled, reshaped, committed or released).
+    ///
+    /// # Errors
+    /// [`ReleaseError::Foreign`] when `addr` is outside the chunk's block (a stale index
+    /// entry: the record moved), [`ReleaseError::NotMapped`] when no mapping covers it.
+    ///
+    /// # Context
+    /// Any context; lock-free, writes nothing, never allocates.
+    #[inline]
+    pub fn find(&self, addr: PhysAddr) -> Option<Result<(Located, u32, u32), ReleaseError>> {
+        let g = self.generation();
+        if g % 2 == 1 {
+            // Being changed: every buffer is free (a chunk changes only then).
+            return Some(Err(ReleaseError::NotMapped));
+        }
+        let r = if !self.contains(addr) {
+            Err(ReleaseError::Foreign)
+        } else if let Some(i) = self.buffer_index(addr) {
+            let (seq, st) = self.read(i)?;
+            let start = self.buffer_addr(i) + st.offset as u64;
+            match addr.offset_from(start) {
+                Some(into) if st.in_flight && (into as usize) < st.alloc_size => {
+                    let into = into as usize;
+                    Ok((Located { start, orig: st.orig + into as u64, remaining: st.alloc_size - into }, i as u32, seq))
+                }
+                _ => Err(ReleaseError::NotMapped),
+            }
+        } else {
+            Err(ReleaseError::NotMapped)
+        };
+        self.geometry_stable(g).then_some(r)
+    }
+
     /// The live mapping containing `addr` (partial syncs may point anywhere inside it).
     ///
     /// # Context
     /// Any context; lock-free, never allocates.
     pub fn locate(&self, addr: PhysAddr) -> Option<Located> {
-        let i = self.buffer_index(addr)?;
-        let (_, st) = self.read(i)?;
-        if !st.in_flight {
-            return None;
+        loop {
+            if let Some(r) = self.find(addr) {
+                return r.ok().map(|(l, ..)| l);
+            }
+            core::hint::spin_loop();
         }
-        let start = self.buffer_addr(i) + st.offset as u64;
-        let into = addr.offset_from(start)? as usize;
-        (into < st.alloc_size).then(|| Located { start, orig: st.orig + into as u64, remaining: st.alloc_size - into })
     }
 
-    /// Ends the mapping that starts at `addr`: flips the record to not-mapped with one
-    /// compare-exchange and returns the buffer index and what the mapping was.
+    /// Ends the mapping of buffer `i` that [`Chunk::find`] saw with sequence word `seq`:
+    /// flips the record to not-mapped with one compare-exchange, so of two racing
+    /// releases exactly one succeeds, and a handle from an earlier mapping of the buffer
+    /// (whose word has moved on) never does. Returns what the mapping was.
     ///
     /// # Errors
-    /// [`ReleaseError::NotMapped`] when no mapping covers `addr` (or a racing release
-    /// won), [`ReleaseError::NotStart`] when `addr` is inside a mapping that starts
-    /// elsewhere. The record is unchanged on error.
-    pub(crate) fn release(&self, addr: PhysAddr) -> Result<(usize, Released), ReleaseError> {
-        let i = self.buffer_index(addr).ok_or(ReleaseError::NotMapped)?;
-        let (seq, st) = self.read(i).ok_or(ReleaseError::NotMapped)?;
-        if !st.in_flight {
+    /// [`ReleaseError::NotMapped`] when the word is no longer `seq` (released already).
+    ///
+    /// # Context
+    /// Any context; lock-free, never allocates.
+    #[inline]
+    pub(crate) fn release_buffer(&self, i: u32, seq: u32) -> Result<Released, ReleaseError> {
+        let m = self.meta.get(i as usize).ok_or(ReleaseError::NotMapped)?;
+        if seq % 2 == 0 {
             return Err(ReleaseError::NotMapped);
         }
-        let start = self.buffer_addr(i) + st.offset as u64;
-        if addr != start {
-            let inside = addr.offset_from(start).is_some_and(|o| (o as usize) < st.alloc_size);
-            return Err(if inside { ReleaseError::NotStart { start } } else { ReleaseError::NotMapped });
-        }
-        self.meta[i]
-            .seq
+        m.seq
             .compare_exchange(seq, seq.wrapping_add(1), Ordering::AcqRel, Ordering::Relaxed)
             .map_err(|_| ReleaseError::NotMapped)?;
-        Ok((i, Released { orig: st.orig, size: st.alloc_size }))
+        // The buffer is ours now: nobody writes its record until it is committed again.
+        let so = m.size_off.load(Ordering::Relaxed);
+        Ok(Released { orig: PhysAddr(m.orig.load(Ordering::Relaxed)), size: (so >> 32) as usize })
     }
 
     /// Pages of the block, for index insertion.
     pub(crate) fn pfns(&self) -> core::ops::Range<usize> {
-        let first = self.base.pfn() as usize;
-        first..first + self.pages.get()
+        let first = self.base().pfn() as usize;
+        first..first + self.pages().get()
     }
 }
 
@@ -419,35 +540,24 @@ impl Chunk {
 /// [`crate::PoolSet::commit`]; dropping it leaks the buffer (the audit reports it as
 /// held).
 #[must_use = "a dropped FreeBuffer never returns to its pool"]
+#[derive(Debug, PartialEq, Eq)]
 pub struct FreeBuffer {
-    pub(crate) chunk: Arc<Chunk>,
+    /// The chunk record's slot in the address index.
+    pub(crate) slot: u32,
+    /// The buffer's index in its chunk.
     pub(crate) index: u32,
 }
 
-impl fmt::Debug for FreeBuffer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FreeBuffer").field("addr", &self.addr()).field("size", &self.size()).finish()
-    }
-}
-
 impl FreeBuffer {
-    /// The buffer's first byte.
-    pub fn addr(&self) -> PhysAddr {
-        self.chunk.buffer_addr(self.index as usize)
+    /// The chunk record's slot in the address index ([`crate::ChunkIndex::record`]).
+    #[inline]
+    pub fn slot(&self) -> u32 {
+        self.slot
     }
 
-    /// The buffer's size (its class size).
-    pub fn size(&self) -> usize {
-        self.chunk.buffer_size()
-    }
-
-    /// The buffer's class index.
-    pub fn class(&self) -> usize {
-        self.chunk.class()
-    }
-
-    /// The chunk the buffer belongs to.
-    pub fn chunk(&self) -> &Arc<Chunk> {
-        &self.chunk
+    /// The buffer's index in its chunk.
+    #[inline]
+    pub fn index(&self) -> u32 {
+        self.index
     }
 }

@@ -8,12 +8,13 @@
 //!   `min_align_mask` offset; the `size:target[:low[:high]]` list parser.
 //! - [`chunk`]: one conversion batch carved into buffers, with lock-free per-buffer
 //!   in-flight records ([`Chunk::locate`] works for any address inside a mapping).
-//! - [`index`]: page frame number → chunk, on the framework's [`XArray`]; filled when a
-//!   chunk is carved, so the map path never inserts.
+//! - [`index`]: page frame number → chunk record, on the framework's lock-free
+//!   [`PfnMap`], with records that are recycled, never freed, so a lookup takes no lock
+//!   and no reference; filled when a chunk is carved, so the map path never inserts.
 //! - [`pool`]: a class's free buffers, per-chunk free stacks in intrusive lists.
 //! - [`pools`]: [`PoolSet`], the size-classed pools and their index: the configuration
 //!   and presets, the map-path operations ([`PoolSet::pop`], [`PoolSet::commit`],
-//!   [`PoolSet::release`], [`PoolSet::push`], [`PoolSet::locate`], [`PoolSet::refuse`]),
+//!   [`PoolSet::find`], [`PoolSet::release_found`], [`PoolSet::push`], [`PoolSet::locate`], [`PoolSet::refuse`]),
 //!   statistics and an audit; and in `pools/engine.rs` the kccd engine, the background
 //!   run ([`PoolSet::run`]): batched growth with one conversion per batch, blank shells,
 //!   the demand window, idle shrinking, the shared-memory cap, quarantine.
@@ -22,7 +23,7 @@
 //!
 //! `no_std` + `alloc`. The only `unsafe` is what `intrusive_adapter!` generates.
 //!
-//! [`XArray`]: bounce_framework::XArray
+//! [`PfnMap`]: bounce_framework::PfnMap
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
 
@@ -55,7 +56,7 @@ pub use runner::{RunnerOptions, RunnerTotals, ThreadRunner};
 pub use stock::{Stock, StockSnapshot};
 
 /// The `Strategy` methods a strategy built on a [`PoolSet`] answers from the set alone:
-/// `locate`, `owns`, `max_mapping_size`, `addressing_limit`, `stats` and
+/// `locate`, `find`, `owns`, `max_mapping_size`, `addressing_limit`, `stats` and
 /// `reset_hiwater`. Expand it inside `impl Strategy for ...`, naming the field that
 /// holds the set: `bounce_pools::pool_queries!(pools);`.
 #[macro_export]
@@ -63,6 +64,14 @@ macro_rules! pool_queries {
     ($pools:ident) => {
         fn locate(&self, addr: ::bounce_framework::PhysAddr) -> ::core::option::Option<::bounce_framework::Located> {
             self.$pools.locate(addr)
+        }
+
+        #[inline]
+        fn find(
+            &self,
+            addr: ::bounce_framework::PhysAddr,
+        ) -> ::core::result::Result<::bounce_framework::Found, ::bounce_framework::ReleaseError> {
+            self.$pools.find(addr)
         }
 
         fn owns(&self, addr: ::bounce_framework::PhysAddr) -> bool {

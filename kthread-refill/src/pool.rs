@@ -245,27 +245,28 @@ impl<L: RawIrqLock> ClassPool<L> {
             let mut cur = st.partial.front_mut();
             if let Some(chunk) = cur.get() {
                 let i = chunk.pop_free().expect("a partial chunk has a free buffer");
-                let chunk = if chunk.free_count() == 0 {
-                    cur.remove().expect("cursor points at the chunk")
-                } else {
-                    cur.as_cursor().clone_pointer().expect("cursor points at the chunk")
-                };
-                Some((chunk, i))
+                let slot = chunk.slot();
+                if chunk.free_count() == 0 {
+                    // Full now: out of the tree (the index keeps the record).
+                    drop(cur.remove());
+                }
+                Some((slot, i))
             } else {
                 None
             }
         };
-        let (chunk, i) = if let Some(x) = chunk_and_index {
+        let (slot, i) = if let Some(x) = chunk_and_index {
             x
         } else {
             let chunk = st.empty.pop_back().expect("free buffers live in partial or empty chunks");
             st.empty_chunks -= 1;
             chunk.set_empty_since(0);
             let i = chunk.pop_free().expect("an empty chunk has all buffers free");
+            let slot = chunk.slot();
             if chunk.free_count() > 0 {
-                st.partial.insert(Arc::clone(&chunk));
+                st.partial.insert(chunk);
             }
-            (chunk, i)
+            (slot, i)
         };
         let dipped = st.ready <= self.class.reserve;
         st.ready -= 1;
@@ -283,16 +284,15 @@ impl<L: RawIrqLock> ClassPool<L> {
         if wake {
             self.wakeups.fetch_add(1, Ordering::Relaxed);
         }
-        Some(Popped { buf: FreeBuffer { chunk, index: i }, wake })
+        Some(Popped { buf: FreeBuffer { slot, index: i }, wake })
     }
 
-    /// Gives a buffer back.
+    /// Gives buffer `index` of `chunk` back (the caller owned it).
     ///
     /// # Context
     /// Any context; O(log chunks) under the pool lock; never allocates.
-    pub(crate) fn push(&self, buf: FreeBuffer) {
-        debug_assert_eq!(buf.chunk.class(), self.index);
-        let FreeBuffer { chunk, index } = buf;
+    pub(crate) fn push(&self, chunk: &Arc<Chunk>, index: u32) {
+        debug_assert_eq!(chunk.class(), self.index);
         let mut st = self.state.lock();
         let was = chunk.free_count();
         chunk.push_free(index);
@@ -303,11 +303,11 @@ impl<L: RawIrqLock> ClassPool<L> {
                 let removed = st.partial.find_mut(&chunk.first().0).remove();
                 debug_assert!(removed.is_some(), "a partial chunk is in the partial tree");
             }
-            st.empty.push_back(chunk);
+            st.empty.push_back(Arc::clone(chunk));
             st.empty_chunks += 1;
         } else if was == 0 {
             // Was full: now partial.
-            st.partial.insert(chunk);
+            st.partial.insert(Arc::clone(chunk));
         }
         st.ready += 1;
         if st.ready >= self.wake_below() {

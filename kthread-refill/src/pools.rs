@@ -26,9 +26,9 @@ use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use intrusive_collections::LinkedList;
 
 use bounce_framework::{
-    AllocContext, AuditError, BackgroundReport, BootConfig, CmdlineError, Detail, GrowError, InitError, Located,
-    MapError, PageCount, PageRequest, PhysAddr, Platform, PlatformError, PoolStats, RefillStats, ReleaseError,
-    Released, Request, SharedMemory, StrategyParams, UsageCounter, PAGE_SIZE,
+    AllocContext, AuditError, BackgroundReport, BootConfig, CmdlineError, Detail, Found, GrowError, InitError, Located,
+    MapError, PageCount, PageRequest, PerCpuUsage, PhysAddr, Platform, PlatformError, PoolStats, RefillStats,
+    ReleaseError, Released, Request, SharedMemory, StrategyParams, PAGE_SIZE,
 };
 
 use crate::adapters::EmptyAdapter;
@@ -364,7 +364,8 @@ pub struct PoolSet<P: Platform> {
     pools: Box<[ClassPool<P::Lock>]>,
     index: ChunkIndex<P::Lock>,
     shared: SharedMemory<P>,
-    usage: UsageCounter,
+    /// Bytes of buffers in flight, per CPU.
+    usage: PerCpuUsage,
     idle_ns: u64,
     /// How long a completely free chunk above its class's high watermark stays before
     /// it is returned: the idle time, or a fiftieth of it when chunks go back to blank
@@ -468,13 +469,32 @@ impl<P: Platform> PoolSet<P> {
             (u / PAGE_SIZE, (u / smallest).max(1))
         };
         let retry_at = table.classes().iter().map(|_| AtomicU64::new(0)).collect();
+        // Record slots: per record capacity, as many chunks of that capacity as the cap
+        // holds (records are recycled by capacity, so this bounds them).
+        let mut shapes: Vec<(usize, usize)> = Vec::new();
+        for c in table.classes() {
+            let shape = if shell_pages != 0 && c.chunk_pages == shell_pages {
+                (shell_capacity, shell_pages * PAGE_SIZE)
+            } else {
+                (c.chunk_buffers, c.chunk_bytes())
+            };
+            match shapes.iter_mut().find(|s| s.0 == shape.0) {
+                Some(s) => s.1 = s.1.min(shape.1),
+                None => shapes.push(shape),
+            }
+        }
+        if shell_pages != 0 && !shapes.iter().any(|s| s.0 == shell_capacity) {
+            shapes.push((shell_capacity, shell_pages * PAGE_SIZE));
+        }
+        let record_slots: usize = shapes.iter().map(|&(_, bytes)| cap / bytes.max(1) + 1).sum();
+        let cpus = platform.cpu_count();
         Ok(Self {
             shared: SharedMemory::new(platform.clone(), cap),
             platform,
             table,
             pools,
-            index: ChunkIndex::new(),
-            usage: UsageCounter::new(),
+            index: ChunkIndex::new(record_slots),
+            usage: PerCpuUsage::new(cpus),
             idle_ns: config.idle_ms.saturating_mul(1_000_000),
             chunk_idle_ns: if stock_keep > 0 && config.demand {
                 config.idle_ms.saturating_mul(1_000_000 / CHUNK_IDLE_DIVISOR)
@@ -718,18 +738,37 @@ impl<P: Platform> PoolSet<P> {
         })
     }
 
+    /// The chunk record a buffer belongs to.
+    #[inline]
+    pub fn chunk_of(&self, buf: &FreeBuffer) -> &Arc<Chunk> {
+        self.index.record(buf.slot)
+    }
+
+    /// A buffer's first byte.
+    pub fn buffer_addr(&self, buf: &FreeBuffer) -> PhysAddr {
+        self.chunk_of(buf).buffer_addr(buf.index as usize)
+    }
+
+    /// A buffer's class index.
+    #[inline]
+    pub fn buffer_class(&self, buf: &FreeBuffer) -> usize {
+        self.chunk_of(buf).class()
+    }
+
     /// Gives an unmapped buffer back to its pool.
     ///
     /// # Context
     /// Any context; never sleeps or allocates.
     #[inline]
+    #[expect(clippy::needless_pass_by_value, reason = "the buffer's ownership ends here")]
     pub fn push(&self, buf: FreeBuffer) {
-        self.pools[buf.class()].push(buf);
+        let chunk = self.index.record(buf.slot);
+        self.pools[chunk.class()].push(chunk, buf.index);
     }
 
     /// Maps `buf` for `alloc_size` bytes from `orig`, with the data `offset` bytes into
-    /// the buffer; returns the bounce address of the data (what `reserve` returns).
-    /// Counts the buffer as used.
+    /// the buffer, on `cpu`; returns the bounce address of the data (what `reserve`
+    /// returns). Counts the buffer as used (on `cpu`'s counter).
     ///
     /// # Context
     /// Any context; lock-free, never allocates.
@@ -738,19 +777,52 @@ impl<P: Platform> PoolSet<P> {
     /// When `offset + alloc_size` exceeds the buffer (a caller bug: class choice
     /// guarantees it fits).
     #[inline]
-    pub fn commit(&self, buf: FreeBuffer, orig: PhysAddr, offset: usize, alloc_size: usize) -> PhysAddr {
+    #[expect(clippy::needless_pass_by_value, reason = "the buffer's ownership ends here")]
+    pub fn commit(&self, buf: FreeBuffer, orig: PhysAddr, offset: usize, alloc_size: usize, cpu: usize) -> PhysAddr {
+        let chunk = self.index.record(buf.slot);
+        let size = chunk.buffer_size();
         assert!(
-            offset.checked_add(alloc_size).is_some_and(|e| e <= buf.size()),
-            "bounce-pools: {alloc_size} bytes at offset {offset} overflow a {}-byte buffer",
-            buf.size()
+            offset.checked_add(alloc_size).is_some_and(|e| e <= size),
+            "bounce-pools: {alloc_size} bytes at offset {offset} overflow a {size}-byte buffer"
         );
-        self.usage.add(buf.size());
-        let FreeBuffer { chunk, index } = buf;
-        chunk.commit(index as usize, orig, offset, alloc_size)
+        self.usage.add(cpu, size);
+        chunk.commit(buf.index as usize, orig, offset, alloc_size)
     }
 
-    /// Ends the mapping that starts at `addr` and hands its buffer back to the caller
-    /// (to [`PoolSet::push`] it, or keep it in a cache).
+    /// The live mapping containing `addr`, with a handle for
+    /// [`PoolSet::release_found`]: the one lookup of an unmap or a sync.
+    ///
+    /// # Errors
+    /// [`ReleaseError::Foreign`] outside every chunk, [`ReleaseError::NotMapped`] for a
+    /// free buffer or slack.
+    ///
+    /// # Context
+    /// Any context; lock-free (no lock, no shared write), never allocates.
+    #[inline]
+    pub fn find(&self, addr: PhysAddr) -> Result<Found, ReleaseError> {
+        self.index.find(addr)
+    }
+
+    /// Ends the mapping [`PoolSet::find`] found (at its start) on `cpu`, with no second
+    /// lookup, and hands its buffer back to the caller (to [`PoolSet::push`] it, or keep
+    /// it in a cache) with what the mapping was and the buffer's class.
+    ///
+    /// # Errors
+    /// [`ReleaseError::NotMapped`] when the mapping was released since it was found (a
+    /// racing unmap of the same address won). Nothing changes.
+    ///
+    /// # Context
+    /// Any context; lock-free, never allocates.
+    #[inline]
+    pub fn release_found(&self, found: &Found, cpu: usize) -> Result<(FreeBuffer, Released, usize), ReleaseError> {
+        let (chunk, i, seq) = self.index.resolve(found);
+        let rel = chunk.release_buffer(i, seq)?;
+        self.usage.sub(cpu, chunk.buffer_size());
+        Ok((FreeBuffer { slot: chunk.slot(), index: i }, rel, chunk.class()))
+    }
+
+    /// Ends the mapping that starts at `addr` ([`PoolSet::find`], then
+    /// [`PoolSet::release_found`]).
     ///
     /// # Errors
     /// [`ReleaseError`]: `Foreign` outside every chunk, `NotMapped` for a free buffer or
@@ -758,22 +830,21 @@ impl<P: Platform> PoolSet<P> {
     ///
     /// # Context
     /// Any context; never allocates.
-    #[inline]
-    pub fn release(&self, addr: PhysAddr) -> Result<(FreeBuffer, Released), ReleaseError> {
-        let chunk = self.index.get(addr).ok_or(ReleaseError::Foreign)?;
-        let (i, rel) = chunk.release(addr)?;
-        let buf = FreeBuffer { chunk, index: i as u32 };
-        self.usage.sub(buf.size());
-        Ok((buf, rel))
+    pub fn release(&self, addr: PhysAddr, cpu: usize) -> Result<(FreeBuffer, Released, usize), ReleaseError> {
+        let found = self.find(addr)?;
+        if found.loc.start != addr {
+            return Err(ReleaseError::NotStart { start: found.loc.start });
+        }
+        self.release_found(&found, cpu)
     }
 
     /// The live mapping containing `addr`.
     ///
     /// # Context
-    /// Any context; never allocates.
+    /// Any context; lock-free, never allocates.
     #[inline]
     pub fn locate(&self, addr: PhysAddr) -> Option<Located> {
-        self.index.with(addr, |c| c.locate(addr)).flatten()
+        self.index.locate(addr)
     }
 
     /// Whether `addr` lies in a chunk of this set (mapped or not, slack included).
@@ -783,7 +854,7 @@ impl<P: Platform> PoolSet<P> {
     }
 
     /// Bytes of buffers in flight and their high-water mark.
-    pub fn usage(&self) -> &UsageCounter {
+    pub fn usage(&self) -> &PerCpuUsage {
         &self.usage
     }
 
@@ -901,8 +972,9 @@ impl<P: Platform> Drop for PoolSet<P> {
             }
         }
         while let Some(shell) = self.take_blank() {
+            let (base, pages) = (shell.base(), shell.pages().get());
             self.index.remove(&shell);
-            self.stock.give(shell.base(), shell.pages().get(), 0);
+            self.stock.give(base, pages, 0);
         }
         let _ = self.stock.shrink(&self.shared, 0, u64::MAX, 0);
     }

@@ -59,9 +59,8 @@ fn an_empty_class_reshapes_a_blank_shell_on_the_map_path_without_allocating_or_c
     assert_eq!(s.shared().stats().calls(), calls, "the map path converted");
     assert!(s.adopted_shells() >= 1);
     assert!(s.blank_shells() < blanks);
-    assert!(held
-        .iter()
-        .all(|b| b.size() == 4096 && g.range_is(b.addr(), 4096, bounce_framework::sim::PageState::Shared)));
+    assert!(held.iter().all(|b| s.chunk_of(b).buffer_size() == 4096
+        && g.range_is(s.buffer_addr(b), 4096, bounce_framework::sim::PageState::Shared)));
     for b in held {
         s.push(b);
     }
@@ -122,7 +121,10 @@ fn a_request_fails_only_when_no_free_shared_buffer_of_a_fitting_size_is_left() {
             None => break,
         }
     }
-    assert!(held.iter().any(|b| b.size() == 512 << 10), "the larger class served once the class was dry");
+    assert!(
+        held.iter().any(|b| s.chunk_of(b).buffer_size() == 512 << 10),
+        "the larger class served once the class was dry"
+    );
     assert_eq!(s.blank_shells(), 0, "every blank shell was used before failing");
     assert_eq!(s.pool(C256K + 1).ready(), 0);
     // Smaller classes still have free buffers, but none fits 256 KiB: the only

@@ -93,8 +93,9 @@ fn a_batch_costs_exactly_one_conversion_call() {
         // Every buffer is aligned as the class promises, in shared memory.
         let bufs: Vec<_> = (0..c.chunk_buffers).map(|_| set.pop(class, Need::Atomic).unwrap()).collect();
         for b in &bufs {
-            assert!(b.addr().is_aligned(c.align as u64), "{b:?} not aligned to {}", c.align);
-            assert!(g.range_is(b.addr(), b.size(), PageState::Shared));
+            let addr = set.buffer_addr(b);
+            assert!(addr.is_aligned(c.align as u64), "{addr} not aligned to {}", c.align);
+            assert!(g.range_is(addr, set.chunk_of(b).buffer_size(), PageState::Shared));
         }
         for b in bufs {
             set.push(b);
@@ -173,7 +174,7 @@ fn conversion_failure_during_refill_quarantines_exactly_that_batch() {
     let r = run.run_until_idle(10);
     assert_eq!(r.buffers_added, 32);
     let b = set.pop(0, Need::Atomic).unwrap();
-    assert!(g.range_is(b.addr(), 4096, PageState::Shared));
+    assert!(g.range_is(set.buffer_addr(&b), 4096, PageState::Shared));
     set.push(b);
     let a = set.audit().unwrap();
     assert_eq!(a.quarantined_pages, 32);
@@ -304,8 +305,8 @@ fn commit_release_and_locate_anywhere_inside() {
     let set = PoolSet::new(g.clone(), &one_class(8, 1000)).unwrap();
     set.fill(0, 8).unwrap();
     let b = set.pop(0, Need::Atomic).unwrap();
-    let buf = b.addr();
-    let tlb = set.commit(b, PhysAddr(0x12_3234), 0x234, 1000);
+    let buf = set.buffer_addr(&b);
+    let tlb = set.commit(b, PhysAddr(0x12_3234), 0x234, 1000, 0);
     assert_eq!(tlb, buf + 0x234);
     assert_eq!(set.usage().used(), 4096);
     // Partial syncs at any address inside the mapping find it, with the right original.
@@ -318,12 +319,15 @@ fn commit_release_and_locate_anywhere_inside() {
     assert!(set.locate(tlb + 1000).is_none());
     assert!(set.owns(buf) && set.owns(tlb + 1000));
     assert!(!set.owns(PhysAddr(0x10)));
-    assert_eq!(set.release(tlb + 4).unwrap_err(), ReleaseError::NotStart { start: tlb });
-    assert_eq!(set.release(buf).unwrap_err(), ReleaseError::NotMapped);
-    assert_eq!(set.release(PhysAddr(0x10)).unwrap_err(), ReleaseError::Foreign);
-    let (freed, rel) = set.release(tlb).unwrap();
-    assert_eq!((rel.orig, rel.size), (PhysAddr(0x12_3234), 1000));
-    assert_eq!(set.release(tlb).unwrap_err(), ReleaseError::NotMapped, "double release");
+    assert_eq!(set.release(tlb + 4, 0).unwrap_err(), ReleaseError::NotStart { start: tlb });
+    assert_eq!(set.release(buf, 0).unwrap_err(), ReleaseError::NotMapped);
+    assert_eq!(set.release(PhysAddr(0x10), 0).unwrap_err(), ReleaseError::Foreign);
+    // A handle found before the release is stale after it.
+    let found = set.find(tlb).unwrap();
+    let (freed, rel, class) = set.release(tlb, 1).unwrap();
+    assert_eq!((rel.orig, rel.size, class), (PhysAddr(0x12_3234), 1000, 0));
+    assert_eq!(set.release(tlb, 0).unwrap_err(), ReleaseError::NotMapped, "double release");
+    assert_eq!(set.release_found(&found, 0).unwrap_err(), ReleaseError::NotMapped, "stale handle");
     assert!(set.locate(tlb).is_none());
     assert_eq!(set.usage().used(), 0);
     set.push(freed);

@@ -840,7 +840,12 @@ impl Platform for SimGuest {
         let cpus = self.inner.cfg.cpus;
         CPU.with(|c| {
             if let Some(v) = c.get() {
-                v % cpus
+                // Pinned ids are below the CPU count: no division on the map path.
+                if v < cpus {
+                    v
+                } else {
+                    v % cpus
+                }
             } else {
                 let v = NEXT_CPU.fetch_add(1, Ordering::Relaxed);
                 c.set(Some(v));

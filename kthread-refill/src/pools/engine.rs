@@ -104,10 +104,8 @@ impl<P: Platform> PoolSet<P> {
             self.grow_failures.fetch_add(1, Ordering::Relaxed);
         })?;
         // Everything below runs outside the pool lock: records, free stack, index.
-        let chunk = Arc::new(Chunk::carve(class, c, base));
-        if self.index.insert(&chunk).is_err() {
+        let Ok(chunk) = self.index.insert(base, c.chunk_pages, Some((class, c)), 0) else {
             self.grow_failures.fetch_add(1, Ordering::Relaxed);
-            drop(chunk);
             if self.stock_keep == 0 {
                 // Pages that fail to convert back are quarantined inside; report the
                 // index failure either way.
@@ -116,7 +114,7 @@ impl<P: Platform> PoolSet<P> {
                 self.stock.give(base, pages.get(), now);
             }
             return Err(GrowError::Platform(PlatformError::AllocFailed { pages: pages.get() }));
-        }
+        };
         self.pools[class].publish(chunk);
         self.grow_batches.fetch_add(1, Ordering::Relaxed);
         Ok(c.chunk_buffers)
@@ -129,12 +127,10 @@ impl<P: Platform> PoolSet<P> {
         let align = MAX_BUFFER_ALIGN / PAGE_SIZE;
         let shells = if batch { self.blank_target().saturating_sub(self.blank_shells()).max(1) } else { 1 };
         let base = self.take_stock(self.shell_pages, align, shells * self.shell_pages, now)?;
-        let shell = Arc::new(Chunk::shell(base, self.shell_pages, self.shell_capacity));
-        if self.index.insert(&shell).is_err() {
+        self.index.insert(base, self.shell_pages, None, self.shell_capacity).map_err(|_| {
             self.stock.give(base, self.shell_pages, now);
-            return Err(GrowError::Platform(PlatformError::AllocFailed { pages: self.shell_pages }));
-        }
-        Ok(shell)
+            GrowError::Platform(PlatformError::AllocFailed { pages: self.shell_pages })
+        })
     }
 
     /// Takes `pages` pages aligned to `align` pages from the stock. When no free extent
@@ -230,16 +226,17 @@ impl<P: Platform> PoolSet<P> {
             self.put_blank(Arc::clone(chunk), since);
             return;
         }
+        let (base, pages) = (chunk.base(), chunk.pages());
         self.index.remove(chunk);
         if self.stock_keep > 0 {
             // Back to the stock, free since the chunk became idle: no conversion now.
-            self.stock.give(chunk.base(), chunk.pages().get(), since);
+            self.stock.give(base, pages.get(), since);
             return;
         }
-        if let Err(e) = self.shared.free_shared(chunk.base(), chunk.pages()) {
+        if let Err(e) = self.shared.free_shared(base, pages) {
             self.platform.log(
                 bounce_framework::LogLevel::Error,
-                format_args!("bounce-pools: returning {} pages at {}: {e}", chunk.pages().get(), chunk.base()),
+                format_args!("bounce-pools: returning {} pages at {base}: {e}", pages.get()),
             );
         }
     }
@@ -299,8 +296,9 @@ impl<P: Platform> PoolSet<P> {
                     }
                 };
                 let Some(shell) = victim else { break };
+                let (base, pages, since) = (shell.base(), shell.pages().get(), shell.empty_since());
                 self.index.remove(&shell);
-                self.stock.give(shell.base(), shell.pages().get(), shell.empty_since());
+                self.stock.give(base, pages, since);
             }
         }
         // Stock (returned shells, with the alignment slack next to them) goes back once it

@@ -55,7 +55,7 @@ extern crate alloc;
 use alloc::vec::Vec;
 
 use bounce_framework::{
-    AuditError, AuditReport, BackgroundReport, BootConfig, InitError, MapError, PhysAddr, Platform, PoolShape,
+    AuditError, AuditReport, BackgroundReport, BootConfig, Found, InitError, MapError, PhysAddr, Platform, PoolShape,
     ReleaseError, Released, Request, Reservation, Strategy, TestProfile,
 };
 use bounce_pools::{Need, PoolConfig, PoolCounters, PoolSet, RequestCounters, SizeClass};
@@ -200,7 +200,7 @@ impl<P: Platform> Dynamic<P> {
 
     /// The class of the buffer holding `addr` (mapped or not), if any.
     pub fn class_of(&self, addr: PhysAddr) -> Option<usize> {
-        self.pools.index().with(addr, |c| c.class())
+        self.pools.index().chunk_at(addr).map(|c| c.class())
     }
 }
 
@@ -221,12 +221,19 @@ impl<P: Platform> Strategy for Dynamic<P> {
             }
         }
         let Some(buf) = buf else { return Err(self.pools.refuse(req, choice.class)) };
-        let addr = self.pools.commit(buf, req.orig, choice.offset, req.alloc_size);
+        let addr = self.pools.commit(buf, req.orig, choice.offset, req.alloc_size, req.cpu);
         Ok(Reservation { addr })
     }
 
     fn release(&self, addr: PhysAddr) -> Result<Released, ReleaseError> {
-        let (buf, rel) = self.pools.release(addr)?;
+        let (buf, rel, _) = self.pools.release(addr, self.platform.current_cpu())?;
+        self.pools.push(buf);
+        Ok(rel)
+    }
+
+    #[inline]
+    fn release_found(&self, found: &Found, cpu: usize) -> Result<Released, ReleaseError> {
+        let (buf, rel, _) = self.pools.release_found(found, cpu)?;
         self.pools.push(buf);
         Ok(rel)
     }

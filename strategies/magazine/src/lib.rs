@@ -7,8 +7,8 @@
 //!
 //! ```text
 //!   map (CPU n)                                   unmap (any CPU m)
-//!     │ class = ClassTable::choose(req)              │ PoolSet::release(addr): index lookup,
-//!     ▼                                              │   record flipped to free
+//!     │ class = ClassTable::choose(req)              │ PoolSet::find (lock-free lookup), then
+//!     ▼                                              │   release_found: record CAS to free
 //!   CPU n cache [class]: loaded ─ prev  ◄─────────── CPU m cache [class]: loaded ─ prev
 //!     │ both empty            ▲ both full               (the buffer joins the *unmapping*
 //!     ▼                       │                          CPU's magazines)
@@ -46,19 +46,19 @@
 //! then fails with [`MapError::Exhausted`] (or [`MapError::Cap`] when the cap
 //! stops growth), having woken the engine. It never blocks, allocates or converts.
 //!
-//! ## What still touches shared state on the map path
-//! Map: the buffer's chunk reference count is dropped when the record is written
-//! (`PoolSet::commit`) and the pool's used-bytes counter is updated: two atomics on
-//! shared cache lines, no lock. Unmap: the address index is a spin-locked radix tree
-//! (the framework's `XArray`; no RCU in `no_std` safe Rust), so the lookup takes that
-//! lock for a 2–3 level walk, then the used-bytes counter. The magazines themselves are
-//! per CPU.
+//! ## What the map path touches
+//! Map: the CPU's own magazine (its own lock), the buffer's record (written by whoever
+//! holds the buffer) and the CPU's own in-flight counter. Unmap: one lock-free lookup
+//! (`PoolSet::find`: the address index's radix tree and the chunk record, read only),
+//! one compare-and-swap on the buffer's record (which also refuses a double unmap), the
+//! unmapping CPU's counter and its own magazine. No global lock, no shared reference
+//! count; the only shared lines written are the per-CPU counters' fold (once per 64 KiB)
+//! and the depot when a magazine runs full or empty.
 //!
 //! ## Context
 //! `reserve` takes the current CPU's cache lock (and on a miss the depot lock, a pool
-//! lock); `release` takes the index lock, then the unmapping CPU's cache lock; `locate`
-//! and `owns` take the index lock. Lock order: CPU cache → depot → pool; the index lock
-//! is never held with another. Nothing on the map path sleeps, allocates or converts;
+//! lock); `release` and `release_found` take the unmapping CPU's cache lock; `find`,
+//! `locate` and `owns` take no lock. Lock order: CPU cache → depot → pool. Nothing on the map path sleeps, allocates or converts;
 //! `run_background` and `audit` may sleep and allocate.
 #![no_std]
 #![forbid(unsafe_code)]
@@ -75,7 +75,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use bounce_framework::{
-    AuditError, AuditReport, BackgroundReport, BootConfig, InitError, LogLevel, MapError, PhysAddr, Platform,
+    AuditError, AuditReport, BackgroundReport, BootConfig, Found, InitError, LogLevel, MapError, PhysAddr, Platform,
     PoolShape, ReleaseError, Released, Request, Reservation, Strategy, TestProfile,
 };
 use bounce_pools::{FreeBuffer, Need, PoolSet, RequestCounters};
@@ -375,6 +375,19 @@ impl<P: Platform> Magazine<P> {
     }
 }
 
+impl<P: Platform> Magazine<P> {
+    /// An unmapped buffer of `class` into `cpu`'s magazines when the class is cached,
+    /// else back to its pool.
+    #[inline]
+    fn cache_or_push(&self, buf: FreeBuffer, class: usize, cpu: usize) {
+        if self.cached[class] {
+            self.layer.free(&self.pools, cpu, class, buf);
+        } else {
+            self.pools.push(buf);
+        }
+    }
+}
+
 impl<P: Platform> Drop for Magazine<P> {
     /// Gives every cached buffer back to the pools, so the pools' own teardown can
     /// return idle chunks to private memory.
@@ -409,17 +422,20 @@ impl<P: Platform> Strategy for Magazine<P> {
             buf
         };
         let Some(buf) = buf else { return Err(self.pools.refuse(req, choice.class)) };
-        Ok(Reservation { addr: self.pools.commit(buf, req.orig, choice.offset, req.alloc_size) })
+        Ok(Reservation { addr: self.pools.commit(buf, req.orig, choice.offset, req.alloc_size, req.cpu) })
     }
 
     fn release(&self, addr: PhysAddr) -> Result<Released, ReleaseError> {
-        let (buf, rel) = self.pools.release(addr)?;
-        let class = buf.class();
-        if self.cached[class] {
-            self.layer.free(&self.pools, self.platform.current_cpu(), class, buf);
-        } else {
-            self.pools.push(buf);
-        }
+        let cpu = self.platform.current_cpu();
+        let (buf, rel, class) = self.pools.release(addr, cpu)?;
+        self.cache_or_push(buf, class, cpu);
+        Ok(rel)
+    }
+
+    #[inline]
+    fn release_found(&self, found: &Found, cpu: usize) -> Result<Released, ReleaseError> {
+        let (buf, rel, class) = self.pools.release_found(found, cpu)?;
+        self.cache_or_push(buf, class, cpu);
         Ok(rel)
     }
 
@@ -447,17 +463,18 @@ impl<P: Platform> Strategy for Magazine<P> {
         for class in 0..self.layer.class_count() {
             let mut bad: Option<(PhysAddr, usize, &'static str)> = None;
             self.layer.for_each_cached(class, |b| {
-                if b.class() != class {
-                    bad.get_or_insert((b.addr(), b.class(), "sits in a magazine of another class"));
+                let chunk = self.pools.chunk_of(b);
+                let addr = chunk.buffer_addr(b.index() as usize);
+                if chunk.class() != class {
+                    bad.get_or_insert((addr, chunk.class(), "sits in a magazine of another class"));
                 }
-                let i = b.chunk().buffer_index(b.addr()).unwrap_or(usize::MAX);
-                if i == usize::MAX || b.chunk().state(i).in_flight {
-                    bad.get_or_insert((b.addr(), b.class(), "is in a magazine and in flight"));
+                if b.index() as usize >= chunk.buffers() || chunk.state(b.index() as usize).in_flight {
+                    bad.get_or_insert((addr, chunk.class(), "is in a magazine and in flight"));
                 }
                 if cached.len() < cached.capacity() {
-                    cached.push((b.addr(), b.size()));
+                    cached.push((addr, chunk.buffer_size()));
                 } else {
-                    bad.get_or_insert((b.addr(), b.class(), "was cached while the audit ran (magazines grew)"));
+                    bad.get_or_insert((addr, chunk.class(), "was cached while the audit ran (magazines grew)"));
                 }
             });
             if let Some((addr, c, what)) = bad {
