@@ -4,9 +4,11 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-echo "--- loom models (magazine depot exchange, free racing refill, reap racing alloc)"
+echo "--- loom models (magazine depot exchange, free racing refill, reap racing alloc; lock-free lookup: double unmap, cross-CPU unmap, recycle racing a lookup)"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
   cargo test -p bounce-magazine --release --locked --test loom
+RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
+  cargo test -p bounce-pools --release --locked --lib loom_models
 
 echo "--- legacy vs Linux 6.12's own swiotlb.c: differential replay"
 src_tar=/usr/src/linux-source-6.12.tar.xz

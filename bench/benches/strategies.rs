@@ -5,12 +5,15 @@
 //! - `alloc_free/<strategy>/2threads/<size>`: the same on two threads at once (two
 //!   simulated CPUs); the time is wall time per iteration while each thread does one,
 //!   so perfect scaling equals the one-thread time.
-//! - `map_unmap/<strategy>/<size>`: `Bouncer::map_single` + `unmap_single`,
-//!   `DMA_TO_DEVICE` (one copy of `size` bytes).
+//! - `map_unmap/<strategy>/{1thread,2threads}/<size>`: `Bouncer::map_single` +
+//!   `unmap_single`, `DMA_TO_DEVICE` (one copy of `size` bytes); on two threads each
+//!   maps and unmaps its own buffers at once (wall time per iteration, as above).
 //! - `scrub/<strategy>/{off,on}/<size>`: `map_single` + `unmap_single`, `DMA_TO_DEVICE`,
 //!   of 512 B, 4 KiB and 64 KiB, on a bouncer without and with `swiotlb.scrub=on` (unmap
 //!   clears the buffer): the cost of scrubbing is the ratio of the two.
-//! - `locate/<strategy>`: finding a live mapping by an address inside it.
+//! - `locate/<strategy>`, `find/<strategy>`: finding a live mapping by an address
+//!   inside it (`find` also returns the handle an unmap releases by: the one lookup of
+//!   an unmap or a sync).
 //! - `memcpy/<size>`: a bare memcpy of the same bytes, the physical limit.
 //!
 //! `cargo bench -p bounce-bench` runs them all in a few minutes (0.5 s warm-up, 1 s
@@ -93,7 +96,7 @@ impl StrategyVisitor<bounce_framework::sim::SimGuest> for Benches<'_> {
         let dev = Device::new("bench");
         for size in SIZES {
             g.throughput(Throughput::Bytes(size as u64));
-            g.bench_with_input(BenchmarkId::new(name, size), &size, |b, &size| {
+            g.bench_with_input(BenchmarkId::new(format!("{name}/1thread"), size), &size, |b, &size| {
                 set_current_cpu(Some(0));
                 b.iter(|| {
                     let dma =
@@ -101,6 +104,40 @@ impl StrategyVisitor<bounce_framework::sim::SimGuest> for Benches<'_> {
                     bouncer
                         .unmap_single(&dev, black_box(dma), size, DmaDirection::ToDevice, DmaAttrs::empty())
                         .expect("unmap");
+                });
+            });
+            g.bench_with_input(BenchmarkId::new(format!("{name}/2threads"), size), &size, |b, &size| {
+                b.iter_custom(|iters| {
+                    let start = Arc::new(Barrier::new(3));
+                    let handles: Vec<_> = (0..2usize)
+                        .map(|cpu| {
+                            let (bouncer, start) = (bouncer.clone(), start.clone());
+                            let orig = orig + (cpu as u64) * 65_536;
+                            std::thread::spawn(move || {
+                                set_current_cpu(Some(cpu));
+                                let dev = Device::new("bench");
+                                start.wait();
+                                let t = Instant::now();
+                                for _ in 0..iters {
+                                    let dma = bouncer
+                                        .map_single(&dev, orig, size, DmaDirection::ToDevice, DmaAttrs::empty())
+                                        .expect("map");
+                                    bouncer
+                                        .unmap_single(
+                                            &dev,
+                                            black_box(dma),
+                                            size,
+                                            DmaDirection::ToDevice,
+                                            DmaAttrs::empty(),
+                                        )
+                                        .expect("unmap");
+                                }
+                                t.elapsed()
+                            })
+                        })
+                        .collect();
+                    start.wait();
+                    handles.into_iter().map(|h| h.join().expect("bench thread")).max().unwrap_or(Duration::ZERO)
                 });
             });
         }
@@ -135,6 +172,9 @@ impl StrategyVisitor<bounce_framework::sim::SimGuest> for Benches<'_> {
         let live = bouncer.strategy().reserve(&request(orig, 4096, 0)).expect("reserve");
         let inside = live.addr + 100;
         g.bench_function(name, |b| b.iter(|| bouncer.strategy().locate(black_box(inside)).expect("live mapping")));
+        g.finish();
+        let mut g = self.c.benchmark_group("find");
+        g.bench_function(name, |b| b.iter(|| bouncer.strategy().find(black_box(inside)).expect("live mapping")));
         bouncer.strategy().release(live.addr).expect("release");
         g.finish();
         set_current_cpu(None);

@@ -414,7 +414,7 @@ pub fn parse_classes(token: &str, value: &str) -> Result<Vec<ClassSpec>, Cmdline
     Ok(out)
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use bounce_framework::PhysAddr;

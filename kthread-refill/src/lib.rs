@@ -33,6 +33,8 @@ mod adapters;
 pub mod chunk;
 pub mod class;
 pub mod index;
+#[cfg(all(test, loom))]
+mod loom_models;
 pub mod pool;
 pub mod pools;
 pub mod runner;

@@ -354,7 +354,7 @@ impl<L: RawIrqLock> Stock<L> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use bounce_framework::sim::{PageState, PlatformKind, SimConfig, SimGuest};

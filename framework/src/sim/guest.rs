@@ -767,11 +767,16 @@ unsafe impl RawIrqLock for SimLock {
     #[inline]
     fn lock_irqsave(&self) -> IrqState {
         self.0.lock();
+        super::lock_count::note(core::ptr::from_ref(self) as usize);
         IrqState(0)
     }
     #[inline]
     fn try_lock_irqsave(&self) -> Option<IrqState> {
-        self.0.try_lock().then_some(IrqState(0))
+        let ok = self.0.try_lock();
+        if ok {
+            super::lock_count::note(core::ptr::from_ref(self) as usize);
+        }
+        ok.then_some(IrqState(0))
     }
     #[inline]
     unsafe fn unlock_irqrestore(&self, _state: IrqState) {

@@ -12,8 +12,10 @@
 mod alloc_count;
 mod device;
 mod guest;
+mod lock_count;
 
 pub use alloc_count::{count_allocations, CountingAlloc};
+pub use lock_count::{count_locks, LockCount, MAX_DISTINCT_LOCKS};
 
 pub use device::{DeviceError, MappingOracle, SimDevice};
 pub use guest::{
