@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use std::vec::Vec;
 
-use parking_lot::lock_api::RawMutex as _;
 use parking_lot::{Condvar, Mutex};
 
 use crate::addr::{DmaAddr, PageCount, PhysAddr, PAGE_SHIFT, PAGE_SIZE};
@@ -754,25 +753,53 @@ impl SimGuest {
     }
 }
 
-/// The simulated guest's IRQ-safe lock: a `parking_lot` raw mutex (no interrupts in
-/// userspace).
-pub struct SimLock(parking_lot::RawMutex);
+/// The simulated guest's IRQ-safe lock: a spin lock as the kernel's `spin_lock_irqsave`
+/// (acquire: one compare-and-swap; release: one store, no read-modify-write), that
+/// yields the thread after a short spin, since simulated CPUs are threads that the host
+/// may deschedule while they hold it (no interrupts in userspace).
+pub struct SimLock(AtomicBool);
 
-// SAFETY: `parking_lot::RawMutex` provides mutual exclusion between `lock`/`try_lock`
-// and `unlock`.
+/// Spins on a held [`SimLock`] before yielding the thread.
+const SIM_LOCK_SPINS: u32 = 128;
+
+impl SimLock {
+    #[inline]
+    fn try_take(&self) -> bool {
+        self.0.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok()
+    }
+}
+
+// SAFETY: `lock_irqsave` returns only after this caller's compare-and-swap moved the word
+// from false to true, `try_lock_irqsave` succeeds only then, and only the holder's
+// `unlock_irqrestore` stores false: mutual exclusion. Acquire on taking pairs with the
+// release store on unlocking, so the protected data is ordered.
 unsafe impl RawIrqLock for SimLock {
     fn new() -> Self {
-        Self(parking_lot::RawMutex::INIT)
+        Self(AtomicBool::new(false))
     }
     #[inline]
     fn lock_irqsave(&self) -> IrqState {
-        self.0.lock();
+        let mut spins = 0u32;
+        while !self.try_take() {
+            // Test-and-test-and-set: wait reading until it looks free.
+            while self.0.load(Ordering::Relaxed) {
+                if spins < SIM_LOCK_SPINS {
+                    spins += 1;
+                    std::hint::spin_loop();
+                } else {
+                    std::thread::yield_now();
+                }
+            }
+        }
         super::lock_count::note(core::ptr::from_ref(self) as usize);
         IrqState(0)
     }
     #[inline]
     fn try_lock_irqsave(&self) -> Option<IrqState> {
-        let ok = self.0.try_lock();
+        // A strong compare-and-swap: a try that fails means the lock is held (the
+        // magazine layer counts such failures as contention).
+        let ok = !self.0.load(Ordering::Relaxed)
+            && self.0.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok();
         if ok {
             super::lock_count::note(core::ptr::from_ref(self) as usize);
         }
@@ -780,8 +807,8 @@ unsafe impl RawIrqLock for SimLock {
     }
     #[inline]
     unsafe fn unlock_irqrestore(&self, _state: IrqState) {
-        // SAFETY: the caller holds the lock (this method's contract).
-        unsafe { self.0.unlock() }
+        // Publishes the critical section's writes to the next holder.
+        self.0.store(false, Ordering::Release);
     }
 }
 
