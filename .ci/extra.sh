@@ -18,7 +18,13 @@ fi
 ref="$PWD/target/linux-ref"
 mkdir -p "$ref"
 tar -xJf "$src_tar" -C "$ref" linux-source-6.12/kernel/dma/swiotlb.c linux-source-6.12/include/linux/iommu-helper.h
-BOUNCE_LINUX_SRC="$ref/linux-source-6.12" cargo test -p bounce-legacy --locked --test linux_differential -- --ignored
+# Every later step builds bounce-linux-ref with Linux's code: the differential test, the
+# reference's own tests and the `linux` row of the compare smoke run below.
+export BOUNCE_LINUX_SRC="$ref/linux-source-6.12"
+cargo test -p bounce-legacy --locked --test linux_differential -- --ignored
+
+echo "--- the linux reference row: conformance suite, same addresses as legacy, bad unmaps, two threads"
+cargo nextest run -p bounce-linux-ref -p bounce-bench --locked --no-fail-fast
 
 if [ -f .ci/fuzz-smoke.sh ]; then
   echo "--- fuzz smoke run (checked-in seeds)"
@@ -30,7 +36,7 @@ if [ -f .ci/miri.sh ]; then
   bash .ci/miri.sh
 fi
 
-echo "--- bounce compare smoke run (every strategy, every workload, data verified by the device model)"
+echo "--- bounce compare smoke run (every strategy and the linux row, every workload, data verified by the device model)"
 cargo run --release --locked -p bounce-bench -- compare --ops 4000 --verify --json target/ci-compare.json --out target/ci-report
 
 echo "--- bounce stress smoke run (every strategy 5 s at full rate, faults injected, every byte checked, audited)"

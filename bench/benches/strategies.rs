@@ -67,26 +67,12 @@ impl StrategyVisitor<bounce_framework::sim::SimGuest> for Benches<'_> {
             });
             g.bench_with_input(BenchmarkId::new(format!("{name}/2threads"), size), &size, |b, &size| {
                 b.iter_custom(|iters| {
-                    let start = Arc::new(Barrier::new(3));
-                    let handles: Vec<_> = (0..2usize)
-                        .map(|cpu| {
-                            let (bouncer, start) = (bouncer.clone(), start.clone());
-                            let req = request(orig + (cpu as u64) * 65_536, size, cpu);
-                            std::thread::spawn(move || {
-                                set_current_cpu(Some(cpu));
-                                let s = bouncer.strategy();
-                                start.wait();
-                                let t = Instant::now();
-                                for _ in 0..iters {
-                                    let r = s.reserve(black_box(&req)).expect("reserve");
-                                    s.release(black_box(r.addr)).expect("release");
-                                }
-                                t.elapsed()
-                            })
-                        })
-                        .collect();
-                    start.wait();
-                    handles.into_iter().map(|h| h.join().expect("bench thread")).max().unwrap_or(Duration::ZERO)
+                    on_two_cpus(&bouncer, iters, move |bouncer, cpu| {
+                        let req = request(orig + (cpu as u64) * 65_536, size, cpu);
+                        let s = bouncer.strategy();
+                        let r = s.reserve(black_box(&req)).expect("reserve");
+                        s.release(black_box(r.addr)).expect("release");
+                    })
                 });
             });
         }
@@ -108,36 +94,16 @@ impl StrategyVisitor<bounce_framework::sim::SimGuest> for Benches<'_> {
             });
             g.bench_with_input(BenchmarkId::new(format!("{name}/2threads"), size), &size, |b, &size| {
                 b.iter_custom(|iters| {
-                    let start = Arc::new(Barrier::new(3));
-                    let handles: Vec<_> = (0..2usize)
-                        .map(|cpu| {
-                            let (bouncer, start) = (bouncer.clone(), start.clone());
-                            let orig = orig + (cpu as u64) * 65_536;
-                            std::thread::spawn(move || {
-                                set_current_cpu(Some(cpu));
-                                let dev = Device::new("bench");
-                                start.wait();
-                                let t = Instant::now();
-                                for _ in 0..iters {
-                                    let dma = bouncer
-                                        .map_single(&dev, orig, size, DmaDirection::ToDevice, DmaAttrs::empty())
-                                        .expect("map");
-                                    bouncer
-                                        .unmap_single(
-                                            &dev,
-                                            black_box(dma),
-                                            size,
-                                            DmaDirection::ToDevice,
-                                            DmaAttrs::empty(),
-                                        )
-                                        .expect("unmap");
-                                }
-                                t.elapsed()
-                            })
-                        })
-                        .collect();
-                    start.wait();
-                    handles.into_iter().map(|h| h.join().expect("bench thread")).max().unwrap_or(Duration::ZERO)
+                    let dev = Device::new("bench");
+                    on_two_cpus(&bouncer, iters, move |bouncer, cpu| {
+                        let orig = orig + (cpu as u64) * 65_536;
+                        let dma = bouncer
+                            .map_single(&dev, orig, size, DmaDirection::ToDevice, DmaAttrs::empty())
+                            .expect("map");
+                        bouncer
+                            .unmap_single(&dev, black_box(dma), size, DmaDirection::ToDevice, DmaAttrs::empty())
+                            .expect("unmap");
+                    })
                 });
             });
         }
@@ -180,6 +146,33 @@ impl StrategyVisitor<bounce_framework::sim::SimGuest> for Benches<'_> {
         set_current_cpu(None);
         refill.stop();
     }
+}
+
+/// Wall time of `iters` calls of `op(state, cpu)` on each of two threads at once
+/// (simulated CPUs 0 and 1, started together by a barrier): the slower thread's time, so
+/// perfect scaling equals the one-thread time.
+fn on_two_cpus<T: Clone + Send + 'static>(
+    state: &T,
+    iters: u64,
+    op: impl Fn(&T, usize) + Clone + Send + 'static,
+) -> Duration {
+    let start = Arc::new(Barrier::new(3));
+    let handles: Vec<_> = (0..2usize)
+        .map(|cpu| {
+            let (state, start, op) = (state.clone(), start.clone(), op.clone());
+            std::thread::spawn(move || {
+                set_current_cpu(Some(cpu));
+                start.wait();
+                let t = Instant::now();
+                for _ in 0..iters {
+                    op(&state, cpu);
+                }
+                t.elapsed()
+            })
+        })
+        .collect();
+    start.wait();
+    handles.into_iter().map(|h| h.join().expect("bench thread")).max().unwrap_or(Duration::ZERO)
 }
 
 fn memcpy(c: &mut Criterion) {

@@ -14,7 +14,7 @@ use crate::compare::{compare, phase_count, CompareConfig, CompareResults, Progre
 use crate::engine::{ClockCost, Limit, Machine};
 use crate::mapbench::{self, MapBench, Params};
 use crate::record::{fill_ratios, Record, RunMeta};
-use crate::registry::{self, StrategyKind};
+use crate::registry::{self, Runnable, StrategyKind};
 use crate::replay::{parse_trace, plan_from_trace, Recorder, ReplayOptions};
 use crate::report::{self, ReportContext};
 use crate::stress::{Sabotage, StressConfig, StressDoc};
@@ -160,9 +160,11 @@ fn default_threads() -> usize {
 /// Options shared by `compare` and `replay`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Strategies to run, comma-separated [default: all].
-    #[arg(long, short = 's', value_delimiter = ',', value_parser = registry::parse_strategy)]
-    pub strategies: Vec<StrategyKind>,
+    /// Strategies to run, comma-separated, and `linux` for Linux 6.12's own swiotlb
+    /// compiled from its source (a reference row) [default: all, with `linux` when this
+    /// build has it].
+    #[arg(long, short = 's', value_delimiter = ',', value_parser = registry::parse_runnable)]
+    pub strategies: Vec<Runnable>,
     /// The simulated platform; conversions spin for real so they cost throughput.
     #[arg(long, value_enum, default_value_t = PlatformArg::Tdx)]
     pub platform: PlatformArg,
@@ -274,9 +276,10 @@ pub struct MapBenchArgs {
     /// Pages per mapping (1-1024).
     #[arg(short = 'g', default_value_t = 1, allow_negative_numbers = true)]
     pub granule: i64,
-    /// The strategy to benchmark (not in the kernel tool).
-    #[arg(long, value_parser = registry::parse_strategy, default_value = "legacy")]
-    pub strategy: StrategyKind,
+    /// The strategy to benchmark, or `linux` for Linux's own swiotlb compiled from its
+    /// source (not in the kernel tool).
+    #[arg(long, value_parser = registry::parse_runnable, default_value = "legacy")]
+    pub strategy: Runnable,
     /// The simulated platform (not in the kernel tool).
     #[arg(long, value_enum, default_value_t = PlatformArg::Tdx)]
     pub platform: PlatformArg,
@@ -382,17 +385,37 @@ fn machine(platform: PlatformArg, memory: usize, cmdline: &str) -> Result<Machin
     Ok(Machine { platform: platform.kind(), memory, boot })
 }
 
-fn strategies_or_all(v: &[StrategyKind]) -> Vec<StrategyKind> {
-    let mut s: Vec<StrategyKind> = if v.is_empty() { StrategyKind::ALL.to_vec() } else { v.to_vec() };
-    // Baseline first, so ratios and tables read top-down; each once.
-    s.sort_by_key(|k| usize::from(*k != registry::BASELINE));
-    let mut seen = Vec::with_capacity(s.len());
-    s.retain(|k| {
+/// `v`, baseline first (so ratios and tables read top-down), each once.
+fn baseline_first<T: Copy + PartialEq>(mut v: Vec<T>, is_baseline: impl Fn(T) -> bool) -> Vec<T> {
+    v.sort_by_key(|k| !is_baseline(*k));
+    let mut seen = Vec::with_capacity(v.len());
+    v.retain(|k| {
         let new = !seen.contains(k);
         seen.push(*k);
         new
     });
-    s
+    v
+}
+
+/// The registry's strategies `v` names, or all of them.
+fn strategies_or_all(v: &[StrategyKind]) -> Vec<StrategyKind> {
+    let s = if v.is_empty() { StrategyKind::ALL.to_vec() } else { v.to_vec() };
+    baseline_first(s, |k| k == registry::BASELINE)
+}
+
+/// What `v` names, or every strategy and the `linux` row; prints one line when the
+/// `linux` row is left out because this build lacks the Linux source.
+fn runnables_or_all(v: &[Runnable]) -> Vec<Runnable> {
+    let s = if v.is_empty() {
+        let (all, note) = Runnable::all();
+        if let Some(note) = note {
+            println!("{note}");
+        }
+        all
+    } else {
+        v.to_vec()
+    };
+    baseline_first(s, Runnable::is_baseline)
 }
 
 fn command_line() -> String {
@@ -454,7 +477,7 @@ fn write_plots(dir: &Path, res: &CompareResults, platform: PlatformArg) -> Resul
 }
 
 fn run_compare(a: &CompareArgs) -> Result<(), Failure> {
-    let strategies = strategies_or_all(&a.run.strategies);
+    let strategies = runnables_or_all(&a.run.strategies);
     let mut workloads = if a.workload.is_empty() { Workload::ALL.to_vec() } else { a.workload.clone() };
     workloads.dedup();
     let mut threads = if a.threads.is_empty() { vec![default_threads()] } else { a.threads.clone() };
@@ -580,7 +603,7 @@ fn run_replay(a: &ReplayArgs) -> Result<(), Failure> {
         a.repeat,
         a.inflight
     );
-    let strategies = strategies_or_all(&a.run.strategies);
+    let strategies = runnables_or_all(&a.run.strategies);
     let machine = machine(a.run.platform, a.run.memory, &a.run.cmdline)?;
     let progress = Progress::new(strategies.len() as u64 * 2, !a.run.no_progress && std::io::stderr().is_terminal());
     let clock = ClockCost::measure(&bounce_framework::sim::SimGuest::with(PlatformKind::Plain, 1 << 20, 1));
@@ -729,6 +752,9 @@ fn run_list(a: &ListArgs) {
         let params = bounce_strategies::AnyStrategy::<bounce_framework::sim::SimGuest>::params(k);
         println!("  {:<10} {} (parameters: swiotlb.{k}.{{{}}})", k.name(), k.summary(), params.join(","));
     }
+    println!("reference rows (compare, replay, map-bench; not boot choices):");
+    let status = bounce_linux_ref::available().map_or_else(|why| format!("unavailable: {why}"), |()| "built".into());
+    println!("  {:<10} Linux 6.12's own swiotlb.c compiled from its source ({status})", registry::LINUX);
     println!("workloads:");
     for w in Workload::ALL {
         println!("  {:<10} {}", w.name(), w.description());

@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::engine::{boot, run_phase, ClockCost, Ctor, Limit, Machine, PhaseOptions, PhaseResult, RunError};
 use crate::record::{fill_ratios, Record, RunMeta};
-use crate::registry::{self, StrategyKind, StrategyVisitor};
+use crate::registry::{self, Runnable, StrategyVisitor};
 use crate::workload::{fixed_size_plan, Plan, Workload, STREAM_LEN};
 
 /// Request sizes of the throughput-versus-size sweep.
@@ -24,8 +24,8 @@ pub const COPY_LIMIT_SIZE: usize = 1500;
 /// What to compare.
 #[derive(Clone, Debug)]
 pub struct CompareConfig {
-    /// Strategy names, baseline first when present.
-    pub strategies: Vec<StrategyKind>,
+    /// Strategies (and the `linux` reference row), baseline first when present.
+    pub strategies: Vec<Runnable>,
     /// Workloads.
     pub workloads: Vec<Workload>,
     /// Thread counts (one record per count).

@@ -1,12 +1,21 @@
 //! The strategies `bounce` can run: the one registry of `bounce-strategies`
-//! ([`StrategyKind`], [`StrategyVisitor`]) on the simulated guest.
+//! ([`StrategyKind`], [`StrategyVisitor`]) on the simulated guest, plus the `linux`
+//! reference row ([`Runnable::Linux`]: Linux 6.12's own swiotlb compiled from its source
+//! by `bounce-linux-ref`), which `compare`, `replay` and `map-bench` run like any
+//! strategy but which is no boot choice: it is in neither the registry nor
+//! `bounce list --names`.
 //!
 //! Everything that runs a strategy is generic over `S: Strategy`; a
 //! [`StrategyVisitor`] is handed the concrete type and its boot constructor
-//! (`X::from_boot`) by [`StrategyKind::visit`], so each strategy gets its own compiled
-//! copy of the engine with direct calls on the map path.
+//! (`X::from_boot`) by [`Runnable::visit`] (for the registry's, [`StrategyKind::visit`]),
+//! so each strategy gets its own compiled copy of the engine with direct calls on the
+//! map path.
 
+use std::fmt;
+
+use bounce_framework::sim::SimGuest;
 use bounce_framework::{BootConfig, CmdlineError};
+use bounce_linux_ref::LinuxRef;
 pub use bounce_strategies::{StrategyKind, KNOWN_STRATEGIES};
 
 /// Something to do with one concrete strategy type on the simulated guest.
@@ -15,12 +24,92 @@ pub use bounce_strategies::StrategyVisitor;
 /// The strategy every ratio is taken against: the registry's first (legacy).
 pub const BASELINE: StrategyKind = StrategyKind::ALL[0];
 
-/// Parses a strategy name (the CLI's `--strategy`).
+/// The reference row's name.
+pub const LINUX: &str = bounce_linux_ref::NAME;
+
+/// What the bench runs: a strategy of the registry, or the `linux` reference row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Runnable {
+    /// A boot-selectable strategy.
+    Strategy(StrategyKind),
+    /// Linux 6.12's own swiotlb allocator, compiled from the Linux source
+    /// ([`bounce_linux_ref::LinuxRef`]); present when [`bounce_linux_ref::available`].
+    Linux,
+}
+
+impl Runnable {
+    /// The name in tables, JSON and `--strategies`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Strategy(k) => k.name(),
+            Self::Linux => LINUX,
+        }
+    }
+
+    /// Whether this is the baseline every ratio is taken against.
+    pub fn is_baseline(self) -> bool {
+        self == Self::Strategy(BASELINE)
+    }
+
+    /// Hands the concrete type and its boot constructor to `v`.
+    pub fn visit<V: StrategyVisitor<SimGuest>>(self, v: &mut V) -> V::Output {
+        match self {
+            Self::Strategy(k) => k.visit(v),
+            Self::Linux => v.visit::<LinuxRef<SimGuest>>(LINUX, LinuxRef::from_boot),
+        }
+    }
+
+    /// Every strategy of the registry, then `linux` when this build carries it; else
+    /// also the one line to print about the row being skipped.
+    pub fn all() -> (Vec<Self>, Option<String>) {
+        let mut all: Vec<Self> = StrategyKind::ALL.into_iter().map(Self::Strategy).collect();
+        match bounce_linux_ref::available() {
+            Ok(()) => {
+                all.push(Self::Linux);
+                (all, None)
+            }
+            Err(why) => (all, Some(format!("note: the {LINUX} reference row is skipped: {why}"))),
+        }
+    }
+}
+
+impl From<StrategyKind> for Runnable {
+    fn from(k: StrategyKind) -> Self {
+        Self::Strategy(k)
+    }
+}
+
+impl fmt::Display for Runnable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Parses a strategy name (`--strategy` of `stress` and `record`, which run the
+/// registry's strategies only).
 ///
 /// # Errors
 /// A message naming the known strategies.
 pub fn parse_strategy(s: &str) -> Result<StrategyKind, String> {
     StrategyKind::from_name(s).ok_or_else(|| format!("unknown strategy `{s}` (known: {})", KNOWN_STRATEGIES.join(", ")))
+}
+
+/// Parses a name for `compare`, `replay` and `map-bench`: a strategy of the registry or
+/// `linux`.
+///
+/// # Errors
+/// A message naming the known names, or, for `linux` in a build without the Linux
+/// source, why it is unavailable and how to get it.
+pub fn parse_runnable(s: &str) -> Result<Runnable, String> {
+    if s == LINUX {
+        return match bounce_linux_ref::available() {
+            Ok(()) => Ok(Runnable::Linux),
+            Err(why) => Err(format!("the {LINUX} reference row is unavailable in this build: {why}")),
+        };
+    }
+    StrategyKind::from_name(s).map(Runnable::Strategy).ok_or_else(|| {
+        format!("unknown strategy `{s}` (known: {}, and the reference row {LINUX})", KNOWN_STRATEGIES.join(", "))
+    })
 }
 
 /// Parses a boot command line for the simulated guest (`swiotlb=...`,

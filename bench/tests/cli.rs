@@ -27,6 +27,16 @@ fn fails(args: &[&str], code: i32, needle: &str) -> String {
 /// Every strategy of the registry, in its order.
 const STRATEGIES: &[&str] = bounce_strategies::KNOWN_STRATEGIES;
 
+/// What a default run covers: the registry's strategies, and the `linux` reference row
+/// when this build has the Linux source.
+fn default_rows() -> Vec<&'static str> {
+    let mut rows = STRATEGIES.to_vec();
+    if bounce_linux_ref::available().is_ok() {
+        rows.push(bounce_linux_ref::NAME);
+    }
+    rows
+}
+
 #[test]
 fn help_on_every_subcommand() {
     let (out, _) = ok(&["--help"]);
@@ -85,7 +95,7 @@ fn a_strategy_parameter_it_does_not_know_is_an_error() {
 
 #[test]
 fn map_bench_prints_the_kernel_tools_lines() {
-    for &s in STRATEGIES {
+    for s in default_rows() {
         let (out, _) = ok(&[
             "map-bench",
             "-t",
@@ -183,7 +193,11 @@ fn short_verified_compare_of_every_strategy() {
     assert!(out.contains("== targets =="));
     let doc = json(&js);
     let results = doc["results"].as_array().expect("results array");
-    assert_eq!(results.len(), STRATEGIES.len() * 4, "one record per (strategy, workload, threads)");
+    let rows = default_rows();
+    assert_eq!(results.len(), rows.len() * 4, "one record per (strategy, workload, threads)");
+    if let Err(why) = bounce_linux_ref::available() {
+        assert!(out.contains(&format!("note: the linux reference row is skipped: {why}")), "{out}");
+    }
     for r in results {
         for k in KEYS {
             assert!(r.get(k).is_some(), "record lacks {k}: {r}");
@@ -199,7 +213,7 @@ fn short_verified_compare_of_every_strategy() {
         assert!(r["maps"].as_u64().unwrap() + r["failures"].as_u64().unwrap() == 1200, "{r}");
         assert!(r["shared_bytes_peak"].as_u64().unwrap() > 0);
     }
-    for &s in STRATEGIES {
+    for s in rows {
         assert!(results.iter().any(|r| r["strategy"] == s), "{s} missing");
     }
     let legacy_net = results.iter().find(|r| r["strategy"] == "legacy" && r["workload"] == "net").unwrap();
@@ -290,6 +304,53 @@ fn rounds_alternate_strategies_and_report_the_median() {
     }
 }
 
+/// `-s linux` runs Linux's own swiotlb.c as one more row (in the tables, the JSON and the
+/// copy-limit check) when this build has the Linux source, and is a clear usage error
+/// when it has not; it is never a boot choice.
+#[test]
+fn linux_reference_row_or_a_clear_error() {
+    let (names, _) = ok(&["list", "--names"]);
+    assert!(!names.lines().any(|l| l == "linux"), "linux is no boot strategy:\n{names}");
+    let (list, _) = ok(&["list"]);
+    assert!(list.contains("reference rows") && list.contains("linux"), "{list}");
+    let dir = tempfile::tempdir().unwrap();
+    let js = dir.path().join("r.json");
+    let args = [
+        "compare",
+        "--ops",
+        "400",
+        "-w",
+        "net",
+        "-s",
+        "linux,legacy",
+        "--threads",
+        "2",
+        "--verify",
+        "--memory",
+        "256M",
+        "--no-progress",
+        "--json",
+        js.to_str().unwrap(),
+    ];
+    let Err(why) = bounce_linux_ref::available() else {
+        let (out, _) = ok(&args);
+        let doc = json(&js);
+        let results = doc["results"].as_array().unwrap();
+        let names: Vec<&str> = results.iter().map(|r| r["strategy"].as_str().unwrap()).collect();
+        assert_eq!(names, ["legacy", "linux"], "baseline first, then the reference row");
+        for r in results {
+            assert_eq!((r["violations"].as_u64(), r["data_errors"].as_u64()), (Some(0), Some(0)), "{r}");
+            assert!(r["problem"].is_null(), "{}", r["problem"]);
+            assert_eq!(r["ops"], r["maps"], "every map unmapped");
+        }
+        assert!(out.lines().any(|l| l.trim_start().starts_with("linux ") && l.contains("vs memcpy")), "{out}");
+        return;
+    };
+    let err = fails(&args, 2, "the linux reference row is unavailable in this build");
+    assert!(err.contains(&why), "{err}");
+    fails(&["map-bench", "--strategy", "linux", "--duration", "50ms"], 2, "BOUNCE_LINUX_SRC");
+}
+
 fn sample_trace() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("traces/sample.trace")
 }
@@ -314,7 +375,7 @@ fn replay_of_the_sample_trace() {
     assert!(out.contains("800 events on 4 device(s) (12 comment lines, 0 other events, 0 malformed skipped)"), "{out}");
     let doc = json(&js);
     let results = doc["results"].as_array().unwrap();
-    assert_eq!(results.len(), STRATEGIES.len());
+    assert_eq!(results.len(), default_rows().len());
     for r in results {
         for k in KEYS {
             assert!(r.get(k).is_some(), "record lacks {k}");

@@ -32,7 +32,10 @@
 
 use alloc::format;
 
-use bounce_framework::{InitError, PhysAddr, Platform, SwiotlbParam, IO_TLB_SEGSIZE, IO_TLB_SHIFT, IO_TLB_SIZE};
+use bounce_framework::{
+    BootConfig, ForceMode, InitError, LogLevel, PhysAddr, Platform, SwiotlbParam, IO_TLB_SEGSIZE, IO_TLB_SHIFT,
+    IO_TLB_SIZE,
+};
 
 /// Linux's default pool size (`IO_TLB_DEFAULT_SIZE`): 64 MiB.
 pub const IO_TLB_DEFAULT_SIZE: usize = 64 << 20;
@@ -120,6 +123,39 @@ impl LegacyConfig {
     pub fn from_swiotlb_param<P: Platform>(param: &SwiotlbParam, platform: &P) -> Self {
         let s = LinuxSizing::for_platform(param, platform);
         Self { nslabs: Some(s.nslabs), nareas: Some(s.nareas), ..Self::default() }
+    }
+
+    /// The pool Linux 6.12 would boot with for `boot.swiotlb` on `platform`
+    /// ([`LinuxSizing::replay`]: `swiotlb=<slots>,<areas>`, the confidential-guest 6 %
+    /// rule, one area per CPU, power-of-two rounding), for the strategy `name`, which is
+    /// nothing but that pool. Logs Linux's sizing messages.
+    ///
+    /// # Errors
+    /// [`InitError::Config`] for `swiotlb=noforce`, which turns swiotlb off.
+    pub fn for_boot<P: Platform>(platform: &P, boot: &BootConfig, name: &str) -> Result<Self, InitError> {
+        if boot.swiotlb.force == Some(ForceMode::NoForce) {
+            return Err(InitError::Config(format!(
+                "swiotlb=noforce turns swiotlb off, but the {name} strategy is its pool; drop `noforce` or select no \
+                 bounce strategy"
+            )));
+        }
+        let sizing = LinuxSizing::for_platform(&boot.swiotlb, platform);
+        if let Some(size) = sizing.coco_size {
+            platform.log(
+                LogLevel::Info,
+                format_args!("software IO TLB: SWIOTLB bounce buffer size adjusted to {}MB", size >> 20),
+            );
+        }
+        if sizing.rounded_up {
+            platform.log(
+                LogLevel::Info,
+                format_args!(
+                    "software IO TLB: SWIOTLB bounce buffer size roundup to {}MB",
+                    (sizing.nslabs << IO_TLB_SHIFT) >> 20
+                ),
+            );
+        }
+        Ok(Self { nslabs: Some(sizing.nslabs), nareas: Some(sizing.nareas), ..Self::default() })
     }
 
     /// Resolves the `None` fields for `platform` and validates the result.

@@ -58,11 +58,13 @@
 //!
 //! - Unit tests (`src/tests.rs`) pin the addresses and free counts of scripted sequences
 //!   worked out by hand from the C code, each step commented with the C lines.
-//! - `tests/linux_differential.rs` cuts the allocator functions out of a Linux 6.12
-//!   `swiotlb.c` at test time, compiles them with a small shim and replays thousands of
-//!   random maps and unmaps on both; every address and every slot's and area's metadata
-//!   must be identical (`cargo test -p bounce-legacy --test linux_differential --
-//!   --ignored`; it needs `cc` and the Linux source).
+//! - `tests/linux_differential.rs` replays thousands of random maps and unmaps on the
+//!   port and on Linux 6.12's own `swiotlb.c`, whose allocator functions
+//!   `bounce-linux-ref` (`linux-ref/`) cuts out of the Linux source and compiles at build
+//!   time; every address and every slot's and area's metadata must be identical
+//!   (`BOUNCE_LINUX_SRC=... cargo test -p bounce-legacy --test linux_differential --
+//!   --ignored`; it needs a C compiler and the Linux source). The same C is the `linux`
+//!   reference row of `bounce compare`.
 //! - The framework's conformance suite, a property test auditing the metadata after
 //!   every step, and concurrency tests.
 //!
@@ -81,6 +83,7 @@ extern crate alloc;
 extern crate std;
 
 mod audit;
+mod boot;
 mod config;
 mod free;
 mod slot;
@@ -88,17 +91,16 @@ mod slot;
 mod tests;
 
 use alloc::boxed::Box;
-use alloc::format;
 use core::fmt;
 use core::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use bounce_framework::{
-    AuditError, AuditReport, BootConfig, Detail, Device, ForceMode, GrowError, InitError, IrqMutex, Located, LogLevel,
-    MapError, PageCount, PageRequest, PhysAddr, Platform, PlatformError, PoolStats, RefillStats, ReleaseError,
-    Released, Request, Reservation, SharedMemory, SlotCount, Strategy, TestProfile, UsageCounter, IO_TLB_SEGSIZE,
-    IO_TLB_SHIFT, IO_TLB_SIZE, PAGE_SIZE,
+    AuditError, AuditReport, BootConfig, Detail, Device, InitError, IrqMutex, Located, LogLevel, MapError, PageCount,
+    PhysAddr, Platform, PoolStats, RefillStats, ReleaseError, Released, Request, Reservation, SharedMemory, SlotCount,
+    Strategy, TestProfile, UsageCounter, IO_TLB_SEGSIZE, IO_TLB_SHIFT, IO_TLB_SIZE, PAGE_SIZE,
 };
 
+pub use boot::{alloc_pool, PoolMemory};
 #[doc(hidden)]
 pub use bounce_framework::{PoolShape as __PoolShape, TestProfile as __TestProfile};
 pub use config::{
@@ -154,6 +156,56 @@ pub const fn max_mapping_size_for(min_align_mask: u64) -> usize {
 #[inline]
 const fn is_low_mask(m: u64) -> bool {
     m <= u32::MAX as u64 && m & (m + 1) == 0
+}
+
+/// The sizes `swiotlb_tbl_map_single()` computes before its search, from [`map_size`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSize {
+    /// Bytes the caller maps: the larger of the request's `size` and `alloc_size`
+    /// (Linux's `mapping_size`).
+    pub mapping_len: usize,
+    /// `swiotlb_align_offset(dev, alloc_align_mask, orig_addr)`: padding slots and the
+    /// data offset inside the first data slot.
+    pub tbl_offset: usize,
+    /// `ALIGN(mapping_size + offset, alloc_align_mask + 1)`: the bytes the search looks
+    /// for, at most one segment ([`IO_TLB_SEGSIZE`] slots).
+    pub alloc_size: usize,
+}
+
+/// Checks `req` the way every pool of Linux's layout refuses requests, and computes what
+/// `swiotlb_tbl_map_single()` computes before its search:
+///
+/// ```c
+/// offset = swiotlb_align_offset(dev, alloc_align_mask, orig_addr);
+/// size = ALIGN(mapping_size + offset, alloc_align_mask + 1);
+/// ```
+///
+/// # Errors
+/// [`MapError::ZeroSize`]; [`MapError::BadAlignment`] for a mask that is not `2^n - 1`
+/// of at most 32 bits, or an alignment that rounds the request past one segment (Linux
+/// fails those with "swiotlb buffer is full" although the pool may be empty); and
+/// [`MapError::TooLarge`] beyond [`max_mapping_size_for`].
+pub fn map_size(req: &Request) -> Result<MapSize, MapError> {
+    let mapping_len = req.alloc_size.max(req.size);
+    if mapping_len == 0 {
+        return Err(MapError::ZeroSize);
+    }
+    let (aam, mam) = (req.alloc_align_mask, req.min_align_mask);
+    let bad = MapError::BadAlignment { size: mapping_len, align_mask: aam, min_align_mask: mam };
+    if !is_low_mask(aam) || !is_low_mask(mam) {
+        return Err(bad);
+    }
+    let max = max_mapping_size_for(mam);
+    if mapping_len > max {
+        return Err(MapError::TooLarge { size: mapping_len, max });
+    }
+    let tbl_offset = swiotlb_align_offset(mam, aam, req.orig.0);
+    let alloc_size = (mapping_len + tbl_offset).next_multiple_of(aam as usize + 1);
+    if alloc_size > IO_TLB_SEGSIZE * IO_TLB_SIZE {
+        // Linux: swiotlb_find_slots() returns -1 ("swiotlb buffer is full").
+        return Err(bad);
+    }
+    Ok(MapSize { mapping_len, tbl_offset, alloc_size })
 }
 
 /// What one reservation needs, computed once in `reserve` (the arguments of
@@ -264,31 +316,7 @@ impl<P: Platform, F: FreeSlots> SlotPool<P, F> {
     /// errors of [`Legacy::new`].
     pub fn from_boot(platform: P, boot: &BootConfig) -> Result<Self, InitError> {
         boot.params_for(Self::NAME).check_known(Self::PARAMS)?;
-        if boot.swiotlb.force == Some(ForceMode::NoForce) {
-            return Err(InitError::Config(format!(
-                "swiotlb=noforce turns swiotlb off, but the {} strategy is its pool; drop `noforce` or select no \
-                 bounce strategy",
-                Self::NAME
-            )));
-        }
-        let sizing = LinuxSizing::for_platform(&boot.swiotlb, &platform);
-        if let Some(size) = sizing.coco_size {
-            platform.log(
-                LogLevel::Info,
-                format_args!("software IO TLB: SWIOTLB bounce buffer size adjusted to {}MB", size >> 20),
-            );
-        }
-        if sizing.rounded_up {
-            platform.log(
-                LogLevel::Info,
-                format_args!(
-                    "software IO TLB: SWIOTLB bounce buffer size roundup to {}MB",
-                    (sizing.nslabs << IO_TLB_SHIFT) >> 20
-                ),
-            );
-        }
-        let config =
-            LegacyConfig { nslabs: Some(sizing.nslabs), nareas: Some(sizing.nareas), ..LegacyConfig::default() };
+        let config = LegacyConfig::for_boot(&platform, boot, Self::NAME)?;
         Self::new(platform, config)
     }
 
@@ -303,57 +331,19 @@ impl<P: Platform, F: FreeSlots> SlotPool<P, F> {
     /// [`InitError::Grow`] when the pages cannot be allocated (after shrinking, if
     /// allowed) or converted. Nothing is left allocated on error.
     pub fn new(platform: P, config: LegacyConfig) -> Result<Self, InitError> {
-        let mut geometry = config.resolve(&platform)?;
         let shared = SharedMemory::new(platform.clone(), usize::MAX);
-        let start = loop {
-            match Self::alloc_pool(&shared, geometry.nslabs, config.placement) {
-                Ok(a) => break a,
-                // swiotlb_init_remap(): if (nslabs <= IO_TLB_MIN_SLABS) return;
-                //                       nslabs = ALIGN(nslabs >> 1, IO_TLB_SEGSIZE);
-                //                       nareas = limit_nareas(nareas, nslabs);
-                Err(GrowError::Platform(PlatformError::AllocFailed { .. }))
-                    if config.shrink_on_failure && geometry.nslabs > IO_TLB_MIN_SLABS =>
-                {
-                    let nslabs = (geometry.nslabs >> 1).next_multiple_of(IO_TLB_SEGSIZE);
-                    let nareas = fit_nareas(geometry.nareas, nslabs);
-                    platform.log(
-                        LogLevel::Info,
-                        format_args!(
-                            "software IO TLB: SWIOTLB bounce buffer size adjusted {} -> {nslabs} slabs",
-                            geometry.nslabs
-                        ),
-                    );
-                    geometry = Geometry::new(nslabs, nareas)?;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        };
+        let PoolMemory { start, geometry, pages } = alloc_pool(&shared, &config)?;
         let Geometry { nslabs, nareas, .. } = geometry;
-        let pages = PageCount::for_bytes(nslabs << IO_TLB_SHIFT);
-        // swiotlb_init_io_tlb_pool(): memset(vaddr, 0, bytes) -- after the conversion, as
-        // in swiotlb_init_late(), so the host never sees stale bytes of this guest.
-        platform.fill(start, 0, pages.bytes());
         let slots: Box<[Slot]> = (0..nslabs).map(|_| Slot::free()).collect();
         let free = F::new(nslabs);
         let areas: Box<[IrqMutex<P::Lock, AreaState>]> =
             (0..nareas).map(|_| IrqMutex::new(AreaState::default())).collect();
-        let end = start + (nslabs << IO_TLB_SHIFT) as u64;
-        // swiotlb_print_info()
-        platform.log(
-            LogLevel::Info,
-            format_args!(
-                "software IO TLB: mapped [mem {start:#018x}-{:#018x}] ({}MB), {nareas} area{}",
-                end.0 - 1,
-                (nslabs << IO_TLB_SHIFT) >> 20,
-                if nareas == 1 { "" } else { "s" }
-            ),
-        );
         Ok(Self {
             tbl_dma_addr: platform.phys_to_dma(start).0,
             platform,
             shared,
             start,
-            end,
+            end: start + (nslabs << IO_TLB_SHIFT) as u64,
             pages,
             geometry,
             slots,
@@ -362,22 +352,6 @@ impl<P: Platform, F: FreeSlots> SlotPool<P, F> {
             usage: UsageCounter::new(),
             warned_align: AtomicBool::new(false),
         })
-    }
-
-    /// Allocates and converts the pool's pages as `placement` says.
-    fn alloc_pool(shared: &SharedMemory<P>, nslabs: usize, placement: Placement) -> Result<PhysAddr, GrowError> {
-        let pages = PageCount::for_bytes(nslabs << IO_TLB_SHIFT);
-        let low = PageRequest { limit: LOW_MEMORY_LIMIT, ..PageRequest::sleeping(pages) };
-        match placement {
-            Placement::Low => shared.alloc_shared(low),
-            Placement::Anywhere => shared.alloc_shared(PageRequest::sleeping(pages)),
-            Placement::LowThenAnywhere => match shared.alloc_shared(low) {
-                Err(GrowError::Platform(PlatformError::AllocFailed { .. })) => {
-                    shared.alloc_shared(PageRequest::sleeping(pages))
-                }
-                r => r,
-            },
-        }
     }
 
     /// The pool's first byte (`mem->start`).
@@ -632,18 +606,8 @@ impl<P: Platform, F: FreeSlots> Strategy for SlotPool<P, F> {
 
     /// `swiotlb_tbl_map_single()` up to the copy (which the bouncer does).
     fn reserve(&self, req: &Request) -> Result<Reservation, MapError> {
-        let mapping_len = req.alloc_size.max(req.size);
-        if mapping_len == 0 {
-            return Err(MapError::ZeroSize);
-        }
-        let (aam, mam) = (req.alloc_align_mask, req.min_align_mask);
-        if !is_low_mask(aam) || !is_low_mask(mam) {
-            return Err(MapError::BadAlignment { size: mapping_len, align_mask: aam, min_align_mask: mam });
-        }
-        let max = max_mapping_size_for(mam);
-        if mapping_len > max {
-            return Err(MapError::TooLarge { size: mapping_len, max });
-        }
+        let MapSize { mapping_len, tbl_offset, alloc_size: size } = map_size(req)?;
+        let aam = req.alloc_align_mask;
         // dev_WARN_ONCE(dev, alloc_align_mask > ~PAGE_MASK,
         //         "Alloc alignment may prevent fulfilling requests with max mapping_size\n");
         if aam > PAGE_SIZE as u64 - 1 && !self.warned_align.swap(true, Relaxed) {
@@ -654,19 +618,11 @@ impl<P: Platform, F: FreeSlots> Strategy for SlotPool<P, F> {
                 ),
             );
         }
-        // offset = swiotlb_align_offset(dev, alloc_align_mask, orig_addr);
-        // size = ALIGN(mapping_size + offset, alloc_align_mask + 1);
-        let tbl_offset = swiotlb_align_offset(mam, aam, req.orig.0);
-        let size = (mapping_len + tbl_offset).next_multiple_of(aam as usize + 1);
-        if size > IO_TLB_SEGSIZE * IO_TLB_SIZE {
-            // Linux: swiotlb_find_slots() returns -1 ("swiotlb buffer is full").
-            return Err(MapError::BadAlignment { size: mapping_len, align_mask: aam, min_align_mask: mam });
-        }
         let want = Want {
             orig: req.orig.0,
             alloc_size: size,
             alloc_align_mask: aam,
-            min_align_mask: mam,
+            min_align_mask: req.min_align_mask,
             tbl_offset,
             mapping_len,
         };
