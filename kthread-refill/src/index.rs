@@ -190,10 +190,36 @@ impl<L: RawIrqLock> ChunkIndex<L> {
         self.find(addr).ok().map(|f| f.loc)
     }
 
-    /// Whether `addr` lies in an indexed chunk (slack included).
+    /// Whether `addr` lies in an indexed chunk (slack included): the index entry and the
+    /// record's range, no buffer record read (`is_swiotlb_buffer` on every unmap).
+    ///
+    /// # Context
+    /// Any context; lock-free (no lock, no write), never allocates.
     #[inline]
     pub fn contains(&self, addr: PhysAddr) -> bool {
-        !matches!(self.find(addr), Err(ReleaseError::Foreign))
+        let pfn = addr.pfn() as usize;
+        loop {
+            let e = self.map.get(pfn);
+            if e == 0 {
+                return false;
+            }
+            let rec = self.record(e - 1);
+            let g = rec.generation();
+            let inside = rec.contains(addr);
+            if g % 2 == 1 {
+                // Being changed right now, perhaps by code this call interrupted: never
+                // wait for it. Such a chunk has no buffer in flight, so no live mapping
+                // depends on the answer.
+                return inside;
+            }
+            // A record that moved away leaves a stale entry only until the engine clears
+            // it: look again unless the entry is unchanged. (A retry follows the
+            // writer's progress; nothing here waits for a writer to finish.)
+            if rec.geometry_stable(g) && (inside || self.map.get(pfn) == e) {
+                return inside;
+            }
+            core::hint::spin_loop();
+        }
     }
 
     /// The chunk owning `addr`, if indexed (diagnostics: not validated against a
