@@ -89,6 +89,18 @@ pub struct CopyLimit {
     pub memcpy_ns: f64,
     /// `map_unmap_ns / memcpy_ns`.
     pub ratio: f64,
+    /// Nanoseconds per `Strategy::reserve` + `release` of the same request, called
+    /// directly: the strategy's own share. `map_unmap_ns - strategy_ns - memcpy_ns` is
+    /// the framework's (the Bouncer's checks, statistics and lookup plumbing).
+    pub strategy_ns: f64,
+}
+
+impl CopyLimit {
+    /// The framework's share of a map+unmap: what is neither the strategy's
+    /// reserve+release nor the copy.
+    pub fn framework_ns(&self) -> f64 {
+        (self.map_unmap_ns - self.strategy_ns - self.memcpy_ns).max(0.0)
+    }
 }
 
 /// Everything a compare run produced.
@@ -259,13 +271,14 @@ pub fn compare(
                 Limit::Duration(_) | Limit::Streams => 50_000,
             };
             let mut v = CopyLimitVisitor { machine: &cfg.machine, iterations };
-            let ns = kind.visit(&mut v)?;
+            let (ns, strategy_ns) = kind.visit(&mut v)?;
             copy_limit.push(CopyLimit {
                 strategy: kind.name().to_string(),
                 size: COPY_LIMIT_SIZE,
                 map_unmap_ns: ns,
                 memcpy_ns,
                 ratio: ns / memcpy_ns,
+                strategy_ns,
             });
             progress.inc();
         }
@@ -320,13 +333,35 @@ struct CopyLimitVisitor<'a> {
 }
 
 impl StrategyVisitor<SimGuest> for CopyLimitVisitor<'_> {
-    type Output = Result<f64, RunError>;
+    type Output = Result<(f64, f64), RunError>;
 
     fn visit<S: Strategy + 'static>(&mut self, name: &'static str, ctor: Ctor<S>) -> Self::Output {
         let plan = fixed_size_plan(COPY_LIMIT_SIZE as u32, 1, 1, true);
         let bouncer = boot(ctor, name, self.machine, &plan, BouncerOptions::default())?;
-        Ok(map_unmap_ns(&*bouncer, COPY_LIMIT_SIZE, self.iterations))
+        let total = map_unmap_ns(&*bouncer, COPY_LIMIT_SIZE, self.iterations);
+        Ok((total, reserve_release_ns(&*bouncer, COPY_LIMIT_SIZE, self.iterations)))
     }
+}
+
+/// Single-thread, hot-cache nanoseconds per `Strategy::reserve` + `release` of the
+/// request a `size`-byte map makes, best of five rounds of `n` pairs: the strategy
+/// alone, without the Bouncer and the copy.
+pub fn reserve_release_ns<S: Strategy>(bouncer: &bounce_framework::Bouncer<SimGuest, S>, size: usize, n: u32) -> f64 {
+    let guest = bouncer.platform().clone();
+    let orig = guest.alloc_private(size).expect("guest memory for the copy-limit buffer");
+    let s = bouncer.strategy();
+    let round = || {
+        let t = Instant::now();
+        for _ in 0..n {
+            let req = bounce_framework::Request::new(orig, size, bounce_framework::Platform::current_cpu(&guest));
+            if let Ok(r) = s.reserve(std::hint::black_box(&req)) {
+                let _ = s.release(std::hint::black_box(r.addr));
+            }
+        }
+        t.elapsed().as_nanos() as f64 / f64::from(n)
+    };
+    round();
+    (0..5).map(|_| round()).fold(f64::MAX, f64::min)
 }
 
 /// Single-thread, hot-cache nanoseconds per `map_single` + `unmap_single` of `size`

@@ -418,9 +418,18 @@ pub fn write_markdown(path: &Path, res: &CompareResults, ts: &[Target], ctx: &Re
     }
     if !res.copy_limit.is_empty() {
         let _ = writeln!(md, "\n## Copy limit ({} B, one thread, hot cache)\n", res.copy_limit[0].size);
-        let _ = writeln!(md, "| strategy | map+unmap ns | memcpy ns | ratio |\n|---|---|---|---|");
+        let _ = writeln!(md, "| strategy | map+unmap ns | memcpy ns | ratio | strategy reserve+release ns | framework ns |\n|---|---|---|---|---|---|");
         for c in &res.copy_limit {
-            let _ = writeln!(md, "| {} | {:.1} | {:.1} | {:.2} |", c.strategy, c.map_unmap_ns, c.memcpy_ns, c.ratio);
+            let _ = writeln!(
+                md,
+                "| {} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} |",
+                c.strategy,
+                c.map_unmap_ns,
+                c.memcpy_ns,
+                c.ratio,
+                c.strategy_ns,
+                c.framework_ns()
+            );
         }
     }
     if let Some(first) = res.sweeps.first() {

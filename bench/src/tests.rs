@@ -216,6 +216,7 @@ fn targets_report_met_missed_and_unmeasured() {
             map_unmap_ns: 60.0,
             memcpy_ns: 30.0,
             ratio: 2.0,
+            strategy_ns: 20.0,
         }],
         sweeps: vec![],
         clock: None,
