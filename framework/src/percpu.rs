@@ -31,12 +31,22 @@ struct Shard {
 #[repr(align(128))]
 struct Padded<T>(T);
 
-/// Bytes in use, counted per CPU, and their high-water mark (see the module
-/// documentation for how exact each figure is).
-pub struct PerCpuUsage {
-    shards: Box<[Shard]>,
+/// The shared total and the high-water mark, each on its own cache line.
+#[derive(Default)]
+struct Shared {
     total: Padded<AtomicIsize>,
     hiwater: Padded<AtomicUsize>,
+}
+
+/// Bytes in use, counted per CPU, and their high-water mark (see the module
+/// documentation for how exact each figure is).
+///
+/// Two pointers wide: the cache-line-aligned parts live on the heap, so embedding the
+/// counter in a strategy adds nothing to the stack frames that build it (kernel stacks
+/// are 16 KiB).
+pub struct PerCpuUsage {
+    shards: Box<[Shard]>,
+    shared: Box<Shared>,
 }
 
 impl core::fmt::Debug for PerCpuUsage {
@@ -51,11 +61,7 @@ impl PerCpuUsage {
     /// # Context
     /// Allocates (128 bytes per CPU): construction time only.
     pub fn new(cpus: usize) -> Self {
-        Self {
-            shards: (0..cpus.max(1)).map(|_| Shard::default()).collect(),
-            total: Padded::default(),
-            hiwater: Padded::default(),
-        }
+        Self { shards: (0..cpus.max(1)).map(|_| Shard::default()).collect(), shared: Box::default() }
     }
 
     #[inline]
@@ -76,13 +82,13 @@ impl PerCpuUsage {
         let d = s.delta.fetch_add(b, Ordering::Relaxed) + b;
         let now = if d >= USAGE_BATCH {
             s.delta.fetch_sub(d, Ordering::Relaxed);
-            self.total.0.fetch_add(d, Ordering::Relaxed) + d
+            self.shared.total.0.fetch_add(d, Ordering::Relaxed) + d
         } else {
-            self.total.0.load(Ordering::Relaxed) + d
+            self.shared.total.0.load(Ordering::Relaxed) + d
         };
         let now = usize::try_from(now).unwrap_or(0);
-        if now > self.hiwater.0.load(Ordering::Relaxed) {
-            self.hiwater.0.fetch_max(now, Ordering::Relaxed);
+        if now > self.shared.hiwater.0.load(Ordering::Relaxed) {
+            self.shared.hiwater.0.fetch_max(now, Ordering::Relaxed);
         }
     }
 
@@ -97,13 +103,13 @@ impl PerCpuUsage {
         let d = s.delta.fetch_sub(b, Ordering::Relaxed) - b;
         if d <= -USAGE_BATCH {
             s.delta.fetch_sub(d, Ordering::Relaxed);
-            self.total.0.fetch_add(d, Ordering::Relaxed);
+            self.shared.total.0.fetch_add(d, Ordering::Relaxed);
         }
     }
 
     /// Bytes in use: the shared total plus every CPU's delta (exact at rest).
     pub fn used(&self) -> usize {
-        let mut t = self.total.0.load(Ordering::Relaxed);
+        let mut t = self.shared.total.0.load(Ordering::Relaxed);
         for s in &*self.shards {
             t += s.delta.load(Ordering::Relaxed);
         }
@@ -112,13 +118,13 @@ impl PerCpuUsage {
 
     /// The high-water mark: never below the current use.
     pub fn hiwater(&self) -> usize {
-        self.hiwater.0.load(Ordering::Relaxed).max(self.used())
+        self.shared.hiwater.0.load(Ordering::Relaxed).max(self.used())
     }
 
     /// Resets the high-water mark to the current use (writing 0 to
     /// `io_tlb_used_hiwater`).
     pub fn reset_hiwater(&self) {
-        self.hiwater.0.store(self.used(), Ordering::Relaxed);
+        self.shared.hiwater.0.store(self.used(), Ordering::Relaxed);
     }
 }
 

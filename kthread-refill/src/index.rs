@@ -269,7 +269,7 @@ impl<L: RawIrqLock> ChunkIndex<L> {
             }
             out.push(Arc::clone(c));
         }
-        out.sort_by_key(|c| c.base());
+        out.sort_unstable_by_key(|c| c.base());
         let mut prev_end = PhysAddr(0);
         for c in &out {
             if c.base() < prev_end {
