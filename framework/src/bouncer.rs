@@ -378,10 +378,20 @@ impl<P: Platform, S: Strategy> Bouncer<P, S> {
         result
     }
 
+    /// The physical address of a bus address the bouncer may have handed out: `None`
+    /// for one that is not the bus address of its own physical address (e.g. the
+    /// private alias of a page whose shared alias carries the platform's shared bit), so
+    /// such an address never reaches a bounce buffer.
+    #[inline]
+    fn bounce_phys(&self, dma: DmaAddr) -> Option<PhysAddr> {
+        let phys = self.platform.dma_to_phys(dma);
+        (self.platform.phys_to_dma(phys) == dma).then_some(phys)
+    }
+
     /// Looks up a caller's bus address: the one lookup of an unmap or a sync.
     #[inline]
     fn find(&self, dma: DmaAddr) -> Result<(PhysAddr, Found), LookupError> {
-        let phys = self.platform.dma_to_phys(dma);
+        let Some(phys) = self.bounce_phys(dma) else { return Err(LookupError::Foreign(dma)) };
         match self.strategy.find(phys) {
             Ok(f) => Ok((phys, f)),
             Err(ReleaseError::Foreign) => Err(LookupError::Foreign(dma)),
@@ -679,13 +689,13 @@ impl<P: Platform, S: Strategy> Bouncer<P, S> {
 
     /// `is_swiotlb_buffer`: whether a bus address belongs to the bounce pools.
     pub fn is_bounce_buffer(&self, dma: DmaAddr) -> bool {
-        self.strategy.owns(self.platform.dma_to_phys(dma))
+        self.bounce_phys(dma).is_some_and(|phys| self.strategy.owns(phys))
     }
 
     /// The live mapping around `dma`: `(mapping start, bytes from dma to its end)`.
     /// The device model uses it to check every access.
     pub fn live_range(&self, dma: DmaAddr) -> Option<(DmaAddr, usize)> {
-        let phys = self.platform.dma_to_phys(dma);
+        let phys = self.bounce_phys(dma)?;
         self.strategy.locate(phys).map(|l| (self.platform.phys_to_dma(l.start), l.remaining))
     }
 

@@ -77,3 +77,31 @@ fn conversions_destroy_contents_and_cost_virtual_time() {
     assert_eq!(g.stats().allocated_pages, allocated - 40 + 16);
     g.assert_no_violations();
 }
+
+/// With a shared-alias bit in bus addresses (`CostModel::shared_bit`), a bounce buffer's
+/// bus address carries the bit; the same page's private alias (the bit clear) is not a
+/// bounce buffer: unmapping or syncing it is refused as foreign and leaves the mapping
+/// live. (Found by the `ops` fuzzer: `fuzz/regressions/ops/unmap-succeeded-without-a-mapping`.)
+#[test]
+fn the_private_alias_of_a_bounce_buffer_is_foreign() {
+    use bounce_framework::sim::{PlatformKind, SimConfig};
+    use bounce_framework::{Bouncer, BouncerOptions, Device, DmaAddr, LookupError};
+    let mut cfg = SimConfig::new(PlatformKind::Tdx, 64 << 20, 2);
+    cfg.model.shared_bit = Some(47);
+    let guest = SimGuest::new(cfg);
+    let b = Bouncer::new(guest.clone(), FirstFit::new(&guest, 1 << 20), BouncerOptions::default());
+    let dev = Device::new("net");
+    let orig = guest.alloc_private(8192).unwrap();
+    let dma = b.map_single(&dev, orig, 4096, DmaDirection::Bidirectional, DmaAttrs::empty()).unwrap();
+    assert_ne!(dma.0 & (1 << 47), 0, "bounce buffers carry the shared bit");
+    let private = DmaAddr(dma.0 & !(1 << 47));
+    assert!(b.is_bounce_buffer(dma) && !b.is_bounce_buffer(private));
+    assert!(b.live_range(private).is_none());
+    assert_eq!(
+        b.unmap_single(&dev, private, 4096, DmaDirection::Bidirectional, DmaAttrs::empty()),
+        Err(LookupError::Foreign(private))
+    );
+    assert_eq!(b.sync_single_for_cpu(&dev, private, 16, DmaDirection::FromDevice), Err(LookupError::Foreign(private)));
+    assert_eq!(b.stats().maps - b.stats().unmaps, 1, "the mapping is still live");
+    b.unmap_single(&dev, dma, 4096, DmaDirection::Bidirectional, DmaAttrs::empty()).unwrap();
+}
