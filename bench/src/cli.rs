@@ -516,7 +516,7 @@ fn run_compare(a: &CompareArgs) -> Result<(), Failure> {
         );
         for c in &res.copy_limit {
             println!(
-                "  {:<10} {:>8.1} ns vs memcpy {:>6.1} ns = {:.2}x   (strategy reserve+release {:.1} ns, framework {:.1} ns)",
+                "  {:<10} {:>8.1} ns vs memcpy {:>6.1} ns = {:.2}x   (strategy reserve+find+release {:.1} ns, rest {:.1} ns)",
                 c.strategy,
                 c.map_unmap_ns,
                 c.memcpy_ns,

@@ -418,7 +418,7 @@ pub fn write_markdown(path: &Path, res: &CompareResults, ts: &[Target], ctx: &Re
     }
     if !res.copy_limit.is_empty() {
         let _ = writeln!(md, "\n## Copy limit ({} B, one thread, hot cache)\n", res.copy_limit[0].size);
-        let _ = writeln!(md, "| strategy | map+unmap ns | memcpy ns | ratio | strategy reserve+release ns | framework ns |\n|---|---|---|---|---|---|");
+        let _ = writeln!(md, "| strategy | map+unmap ns | memcpy ns | ratio | strategy reserve+find+release ns | rest ns |\n|---|---|---|---|---|---|");
         for c in &res.copy_limit {
             let _ = writeln!(
                 md,
