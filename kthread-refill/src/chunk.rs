@@ -5,7 +5,7 @@
 //! engine outside every lock (its record arrays are allocated then), indexed by page
 //! frame number, and published to its class pool in O(1). Records are never freed while
 //! the index lives: a retired chunk's record waits, vacant, for the next chunk of the
-//! same capacity, which gives it a new address range ([`Chunk::recycle`]). So a lock-free
+//! same capacity, which gives it a new address range (`Chunk::recycle`). So a lock-free
 //! lookup that found a record may always read it; the record's *generation* word (odd
 //! while its geometry changes) tells the lookup whether what it read still holds. The
 //! index holds the one `Arc` of each record; the pool's lists hold clones while the

@@ -44,9 +44,9 @@
 //! | `swiotlb.dynamic.fallback=on\|off` | let a request use a larger class when its own is empty (above that class's reserve first, then its reserve) | on |
 //!
 //! ## Context
-//! `reserve` takes one pool lock (O(log chunks), no allocation); `release` takes the
-//! index lock, then one pool lock; `locate` and `owns` take the index lock. None sleeps,
-//! allocates or converts. `run_background` and `audit` may sleep and allocate.
+//! `reserve` takes one pool lock (O(log chunks), no allocation); `release` and
+//! `release_found` take one pool lock after a lock-free lookup; `find`, `locate` and
+//! `owns` take no lock. None sleeps, allocates or converts. `run_background` and `audit` may sleep and allocate.
 #![no_std]
 #![forbid(unsafe_code)]
 
