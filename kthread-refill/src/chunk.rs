@@ -15,10 +15,12 @@
 //! # Per-buffer records
 //! Each buffer has a [`BufMeta`]: a sequence word (even: not mapped, odd: in flight) and
 //! the mapping's original address, size and in-buffer data offset. The owner of a free
-//! buffer writes the fields and makes the word odd ([`Chunk::commit`]); lookups read it
-//! seqlock-style without any lock ([`Chunk::locate`]); release flips it back to even with
-//! one compare-exchange ([`Chunk::release`]), so two racing unmaps of the same address
-//! cannot both succeed. None of this allocates.
+//! buffer writes the fields and makes the word odd (`Chunk::commit`); lookups read it
+//! seqlock-style without any lock ([`Chunk::find`], [`Chunk::locate`]); release flips it
+//! back to even with one compare-exchange on the word the lookup saw
+//! (`Chunk::release_buffer`), so two racing unmaps of the same address cannot both
+//! succeed, and a handle from an earlier mapping of the buffer never matches. None of
+//! this allocates.
 //!
 //! # Free stacks
 //! Each chunk keeps a LIFO stack of its free buffer indices. The stack is only touched
