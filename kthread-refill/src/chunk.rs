@@ -456,7 +456,7 @@ impl Chunk {
 
     /// The live mapping containing `addr` (partial syncs may point anywhere inside it),
     /// with its buffer index and the record's sequence word: what
-    /// [`Chunk::release_buffer`] takes. `None` when the chunk's geometry or the buffer's
+    /// `Chunk::release_buffer` takes. `None` when the chunk's geometry or the buffer's
     /// record changed under the read (the caller retries: it found a record being
     /// recycled, reshaped, committed or released).
     ///

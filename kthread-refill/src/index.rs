@@ -4,7 +4,7 @@
 //! Built on the framework's [`PfnMap`] (a radix tree whose nodes are published once and
 //! never freed while it lives) and a table of chunk records that are never freed either:
 //! a record whose chunk is retired stays in its slot, vacant, until the next chunk of the
-//! same capacity takes it ([`Chunk::recycle`]). So a lookup is a few dependent loads, no
+//! same capacity takes it (`Chunk::recycle`). So a lookup is a few dependent loads, no
 //! lock, no reference count and no write to a line another CPU writes; what it reads
 //! it validates with the record's generation word and the buffer's sequence word.
 //!
