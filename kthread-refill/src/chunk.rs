@@ -16,7 +16,7 @@
 //! Each buffer has a [`BufMeta`]: a sequence word (even: not mapped, odd: in flight) and
 //! the mapping's original address, size and in-buffer data offset. The owner of a free
 //! buffer writes the fields and makes the word odd (`Chunk::commit`); lookups read it
-//! seqlock-style without any lock ([`Chunk::find`], [`Chunk::locate`]); release flips it
+//! seqlock-style without any lock ([`Chunk::find`]); release flips it
 //! back to even with one compare-exchange on the word the lookup saw
 //! (`Chunk::release_buffer`), so two racing unmaps of the same address cannot both
 //! succeed, and a handle from an earlier mapping of the buffer never matches. None of
@@ -489,19 +489,6 @@ impl Chunk {
             Err(ReleaseError::NotMapped)
         };
         self.geometry_stable(g).then_some(r)
-    }
-
-    /// The live mapping containing `addr` (partial syncs may point anywhere inside it).
-    ///
-    /// # Context
-    /// Any context; lock-free, never allocates.
-    pub fn locate(&self, addr: PhysAddr) -> Option<Located> {
-        loop {
-            if let Some(r) = self.find(addr) {
-                return r.ok().map(|(l, ..)| l);
-            }
-            core::hint::spin_loop();
-        }
     }
 
     /// Ends the mapping of buffer `i` that [`Chunk::find`] saw with sequence word `seq`:

@@ -7,7 +7,7 @@
 //!   the class choice that honours size, `alloc_align_mask` and the device's
 //!   `min_align_mask` offset; the `size:target[:low[:high]]` list parser.
 //! - [`chunk`]: one conversion batch carved into buffers, with lock-free per-buffer
-//!   in-flight records ([`Chunk::locate`] works for any address inside a mapping).
+//!   in-flight records ([`Chunk::find`] works for any address inside a mapping).
 //! - [`index`]: page frame number → chunk record, on the framework's lock-free
 //!   [`PfnMap`], with records that are recycled, never freed, so a lookup takes no lock
 //!   and no reference; filled when a chunk is carved, so the map path never inserts.
