@@ -477,7 +477,14 @@ fn write_plots(dir: &Path, res: &CompareResults, platform: PlatformArg) -> Resul
 }
 
 fn run_compare(a: &CompareArgs) -> Result<(), Failure> {
-    let strategies = runnables_or_all(&a.run.strategies);
+    let machine = machine(a.run.platform, a.run.memory, &a.run.cmdline)?;
+    // Per-device routes on --cmdline: the routed row (every device through its
+    // strategy), unless rows are named.
+    let strategies = if !machine.boot.routes.is_empty() && a.run.strategies.is_empty() {
+        vec![Runnable::Routed]
+    } else {
+        runnables_or_all(&a.run.strategies)
+    };
     let mut workloads = if a.workload.is_empty() { Workload::ALL.to_vec() } else { a.workload.clone() };
     workloads.dedup();
     let mut threads = if a.threads.is_empty() { vec![default_threads()] } else { a.threads.clone() };
@@ -490,7 +497,7 @@ fn run_compare(a: &CompareArgs) -> Result<(), Failure> {
         strategies,
         workloads,
         threads,
-        machine: machine(a.run.platform, a.run.memory, &a.run.cmdline)?,
+        machine,
         limit,
         timing_limit,
         seed: a.seed,
@@ -505,6 +512,9 @@ fn run_compare(a: &CompareArgs) -> Result<(), Failure> {
         if let Some(r) = recs.first() {
             let desc = cfg.workloads.iter().find(|w| w.name() == r.workload).map_or("", |w| w.description());
             progress.println(&format!("\n== {} == {desc}\n{}", r.workload, report::text_table(recs)));
+            if let Some(t) = report::device_table(recs) {
+                progress.println(&t);
+            }
         }
     };
     let res = compare(&cfg, &progress, &mut print)?;

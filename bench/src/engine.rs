@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use bounce_framework::sim::{set_current_cpu, PlatformKind, SimConfig, SimDevice, SimGuest};
 use bounce_framework::{
-    BackgroundReport, BootConfig, BounceSnapshot, Bouncer, BouncerOptions, ConversionStats, DmaAddr, DmaAttrs,
-    DmaDirection, InitError, PhysAddr, Platform, PoolStats, Strategy, PAGE_SIZE,
+    BackgroundReport, BootConfig, BounceSnapshot, Bouncer, BouncerOptions, ConversionStats, DeviceSnapshot, DmaAddr,
+    DmaAttrs, DmaDirection, InitError, PhysAddr, Platform, PoolStats, Strategy, PAGE_SIZE,
 };
 use crossbeam_queue::ArrayQueue;
 use hdrhistogram::Histogram;
@@ -110,6 +110,8 @@ pub struct PhaseResult {
     pub copies: u64,
     /// DMA-API counters at the end.
     pub snapshot: BounceSnapshot,
+    /// The same per device, with the strategy instance (lane) each maps through.
+    pub devices: Vec<(DeviceSnapshot, &'static str)>,
     /// Pool statistics at the end.
     pub pool: PoolStats,
     /// Conversions before the workers started (boot and settling).
@@ -674,7 +676,7 @@ impl<'a, S: Strategy> Worker<'a, S> {
 /// Runs background work until the strategy is idle (bounded), as kccd does after boot.
 pub(crate) fn settle<S: Strategy>(bouncer: &Bouncer<SimGuest, S>) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while bouncer.strategy().background_pending() && Instant::now() < deadline {
+    while bouncer.background_pending() && Instant::now() < deadline {
         bouncer.run_background();
     }
 }
@@ -733,20 +735,52 @@ pub fn make_guest(machine: &Machine, plan: &Plan) -> SimGuest {
 /// # Errors
 /// [`RunError::Init`] when the strategy refuses the configuration.
 pub fn boot<S: Strategy + 'static>(
-    ctor: impl FnOnce(SimGuest, &BootConfig) -> Result<S, InitError>,
+    ctor: impl Fn(SimGuest, &BootConfig) -> Result<S, InitError>,
     name: &str,
     machine: &Machine,
     plan: &Plan,
     options: BouncerOptions,
 ) -> Result<Arc<Bouncer<SimGuest, S>>, RunError> {
     let guest = make_guest(machine, plan);
-    let strategy =
-        ctor(guest.clone(), &machine.boot).map_err(|source| RunError::Init { strategy: name.into(), source })?;
+    let init = |source| RunError::Init { strategy: name.into(), source };
+    // Per-device routes on --cmdline: one instance per strategy they name
+    // (`BootConfig::lanes`), each built by `ctor` from its own command line.
+    let (configs, routes) = machine.boot.lanes();
+    // A concrete strategy type builds only its own instances: routes to another
+    // strategy need the routed row (every registry strategy behind one type).
+    if name != crate::registry::ROUTED {
+        if let Some(other) =
+            configs.iter().filter_map(|c| c.strategy.as_deref()).find(|s| *s != name && configs.len() > 1)
+        {
+            return Err(init(InitError::Config(format!(
+                "--cmdline routes devices to `{other}`, which the `{name}` row cannot run; \
+                 per-device routes run in the `{}` row (the default when --cmdline has routes)",
+                crate::registry::ROUTED
+            ))));
+        }
+    }
+    let mut lanes = Vec::with_capacity(configs.len());
+    for c in &configs {
+        lanes.push(ctor(guest.clone(), c).map_err(init)?);
+    }
     // `swiotlb.scrub=on` on --cmdline applies as on a kernel command line.
     let options = BouncerOptions { scrub: options.scrub || machine.boot.scrub, ..options };
-    let bouncer = Arc::new(Bouncer::new(guest, strategy, options));
+    let bouncer = Arc::new(Bouncer::with_lanes(guest, lanes, &routes, options).map_err(init)?);
     settle(&bouncer);
     Ok(bouncer)
+}
+
+/// The plan's devices on `bouncer`'s guest, attached to it (their routes resolved once,
+/// as a kernel driver's `struct device` is set up once).
+pub(crate) fn attached_devices<S: Strategy>(bouncer: &Bouncer<SimGuest, S>, plan: &Plan) -> Vec<SimDevice> {
+    plan.devices
+        .iter()
+        .map(|d| {
+            let mut dev = d.device;
+            bouncer.attach(&mut dev);
+            SimDevice::new(bouncer.platform(), dev)
+        })
+        .collect()
 }
 
 /// Runs one phase of `plan` on strategy `S`. `tick` is called from the sampling loop.
@@ -789,7 +823,7 @@ pub fn run_phase<S: Strategy + 'static>(
         bouncer: bouncer.clone(),
         guest: guest.clone(),
         plan: plan.clone(),
-        devices: plan.devices.iter().map(|d| SimDevice::new(&guest, d.device)).collect(),
+        devices: attached_devices(&bouncer, plan),
         stop: AtomicBool::new(false),
         queues: (0..threads).map(|_| ArrayQueue::new(handoff_depth.max(1))).collect(),
         inflight: (0..threads).map(|_| AtomicUsize::new(0)).collect(),
@@ -860,10 +894,20 @@ pub fn run_phase<S: Strategy + 'static>(
     let wall = measured_wall(&results, plan.burst.is_some(), cycles);
     let snapshot = bouncer.stats();
     let pool = bouncer.pool_stats();
-    let (audit, leaked) = match bouncer.strategy().audit() {
-        Ok(r) => (Ok(()), r.live_mappings),
-        Err(e) => (Err(e.to_string()), 0),
-    };
+    let lanes = bouncer.lanes();
+    let devices = bouncer
+        .device_stats()
+        .into_iter()
+        .map(|d| {
+            let s = lanes.get(d.lane).map_or("?", Strategy::name);
+            (d, s)
+        })
+        .collect();
+    let (audit, leaked) = lanes.iter().fold((Ok(()), 0), |(audit, leaked), s| match (audit, s.audit()) {
+        (Ok(()), Ok(r)) => (Ok(()), leaked + r.live_mappings),
+        (Err(e), _) => (Err(e), leaked),
+        (Ok(()), Err(e)) => (Err(e.to_string()), leaked),
+    });
     let mut latency = new_histogram();
     let mut res = PhaseResult {
         strategy: name,
@@ -873,6 +917,7 @@ pub fn run_phase<S: Strategy + 'static>(
         pairs: 0,
         copies: 0,
         snapshot,
+        devices,
         pool,
         conv_before,
         latency: new_histogram(),

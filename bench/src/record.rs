@@ -120,6 +120,30 @@ pub struct Record {
     pub latency_cdf: Vec<(u64, f64)>,
     /// Shared memory and bytes in flight over time.
     pub timeline: Vec<Sample>,
+    /// Per device (throughput phase): the strategy instance it mapped through and
+    /// what it did.
+    pub devices: Vec<DeviceRecord>,
+}
+
+/// One device's share of a [`Record`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DeviceRecord {
+    /// `dev_name()`.
+    pub device: String,
+    /// The strategy that served it.
+    pub strategy: String,
+    /// Its instance (lane) number, 0 for the default.
+    pub lane: usize,
+    /// Successful maps.
+    pub maps: u64,
+    /// Successful maps per second.
+    pub maps_per_sec: f64,
+    /// Bytes copied original → bounce.
+    pub bytes_to_bounce: u64,
+    /// Failed maps and unmaps.
+    pub failures: u64,
+    /// The most bytes it had in flight at once.
+    pub inflight_bytes_peak: u64,
 }
 
 /// Conversion calls from the first timeline sample at or after `t_ms` to the last, when
@@ -245,6 +269,20 @@ impl Record {
             metadata_vs_legacy: None,
             latency_cdf: cdf(&a.latency),
             timeline: a.timeline.clone(),
+            devices: a
+                .devices
+                .iter()
+                .map(|(d, strategy)| DeviceRecord {
+                    device: d.name.clone(),
+                    strategy: (*strategy).to_string(),
+                    lane: d.lane,
+                    maps: d.stats.maps,
+                    maps_per_sec: d.stats.maps as f64 / secs,
+                    bytes_to_bounce: d.stats.bytes_to_bounce,
+                    failures: d.stats.total_failures(),
+                    inflight_bytes_peak: d.stats.inflight_bytes_peak,
+                })
+                .collect(),
         }
     }
 }

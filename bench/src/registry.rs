@@ -16,6 +16,7 @@ use std::fmt;
 use bounce_framework::sim::SimGuest;
 use bounce_framework::{BootConfig, CmdlineError};
 use bounce_linux_ref::LinuxRef;
+use bounce_strategies::AnyStrategy;
 pub use bounce_strategies::{StrategyKind, KNOWN_STRATEGIES};
 
 /// Something to do with one concrete strategy type on the simulated guest.
@@ -27,6 +28,9 @@ pub const BASELINE: StrategyKind = StrategyKind::ALL[0];
 /// The reference row's name.
 pub const LINUX: &str = bounce_linux_ref::NAME;
 
+/// The name of the row that runs `--cmdline`'s per-device routes.
+pub const ROUTED: &str = "routed";
+
 /// What the bench runs: a strategy of the registry, or the `linux` reference row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Runnable {
@@ -35,6 +39,10 @@ pub enum Runnable {
     /// Linux 6.12's own swiotlb allocator, compiled from the Linux source
     /// ([`bounce_linux_ref::LinuxRef`]); present when [`bounce_linux_ref::available`].
     Linux,
+    /// The per-device routes of `--cmdline` (`swiotlb.strategy=<default>,<device>:<name>,...`):
+    /// every device through the strategy instance its route names
+    /// ([`bounce_strategies::AnyStrategy`], one instance per strategy named).
+    Routed,
 }
 
 impl Runnable {
@@ -43,6 +51,7 @@ impl Runnable {
         match self {
             Self::Strategy(k) => k.name(),
             Self::Linux => LINUX,
+            Self::Routed => ROUTED,
         }
     }
 
@@ -56,6 +65,7 @@ impl Runnable {
         match self {
             Self::Strategy(k) => k.visit(v),
             Self::Linux => v.visit::<LinuxRef<SimGuest>>(LINUX, LinuxRef::from_boot),
+            Self::Routed => v.visit::<AnyStrategy<SimGuest>>(ROUTED, AnyStrategy::from_boot),
         }
     }
 

@@ -87,6 +87,37 @@ fn row(r: &Record) -> Vec<String> {
     ]
 }
 
+/// Per-device rows of the records that route devices to more than one strategy
+/// instance (the `routed` row): `None` when no record does.
+pub fn device_table(records: &[Record]) -> Option<String> {
+    let routed: Vec<&Record> = records.iter().filter(|r| r.devices.iter().any(|d| d.lane > 0)).collect();
+    if routed.is_empty() {
+        return None;
+    }
+    let mut out = String::from("per device:\n");
+    let _ = writeln!(
+        out,
+        "  {:<10} {:<16} {:<10} {:>10} {:>12} {:>9} {:>14}",
+        "row", "device", "strategy", "maps", "maps/s", "failures", "in-flight peak"
+    );
+    for r in routed {
+        for d in &r.devices {
+            let _ = writeln!(
+                out,
+                "  {:<10} {:<16} {:<10} {:>10} {:>12} {:>9} {:>14}",
+                r.strategy,
+                d.device,
+                d.strategy,
+                d.maps,
+                format!("{:.2}M", d.maps_per_sec / 1e6),
+                d.failures,
+                bytes(d.inflight_bytes_peak)
+            );
+        }
+    }
+    Some(out)
+}
+
 /// The plain-text table of one workload's records.
 pub fn text_table(records: &[Record]) -> String {
     let rows: Vec<Vec<String>> = records.iter().map(row).collect();

@@ -1,15 +1,19 @@
 //! The [`Bouncer`]: the DMA API over any strategy and platform, with every copy rule of
 //! Linux's swiotlb (SPEC §2) written once.
 
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::addr::{DmaAddr, PhysAddr};
+use crate::devices::{Attachment, DeviceRoute, DeviceSnapshot, DeviceTable, MAX_LANES};
 use crate::dma::{Device, DmaAttrs, DmaDirection};
-use crate::error::{FailureReason, LookupError, MapError};
+use crate::error::{FailureReason, InitError, LookupError, MapError};
 use crate::platform::{BouncedEvent, LogLevel, Platform};
 use crate::stats::{BounceSnapshot, BounceStats, Counter, DebugfsView, PoolStats};
-use crate::strategy::{Found, Located, ReleaseError, Request, Reservation, Strategy};
+use crate::strategy::{BackgroundReport, Found, Located, ReleaseError, Request, Reservation, Strategy};
 
 /// Options of a [`Bouncer`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,30 +117,107 @@ impl RateLimit {
 /// none sleeps, allocates or converts pages.
 pub struct Bouncer<P: Platform, S: Strategy> {
     platform: P,
-    strategy: S,
+    /// The strategy instances; lane 0 serves every device no route names.
+    lanes: Box<[S]>,
     options: BouncerOptions,
+    /// Whole-bouncer counters the device slots cannot hold: the exact in-flight total
+    /// and its peak, and failures counted before a device was known.
     stats: BounceStats,
+    devices: DeviceTable<P::Lock>,
     warn_limit: RateLimit,
 }
 
 impl<P: Platform, S: Strategy> fmt::Debug for Bouncer<P, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Bouncer")
-            .field("strategy", &self.strategy.name())
+            .field("lanes", &self.lanes.iter().map(Strategy::name).collect::<Vec<_>>())
             .field("options", &self.options)
             .finish_non_exhaustive()
     }
 }
 
 impl<P: Platform, S: Strategy> Bouncer<P, S> {
-    /// A bouncer over `strategy`.
+    /// A bouncer over `strategy`, serving every device.
     pub fn new(platform: P, strategy: S, options: BouncerOptions) -> Self {
-        Self { platform, strategy, options, stats: BounceStats::new(), warn_limit: RateLimit::new() }
+        let cpus = platform.cpu_count();
+        let lanes: Box<[S]> = Box::new([strategy]);
+        Self::build(platform, lanes, DeviceTable::new(cpus, &[]), options)
     }
 
-    /// The strategy.
+    /// A bouncer over several strategy instances (*lanes*, each with its own pool):
+    /// the devices named in `routes` map through their lane, every other device
+    /// through `lanes[0]` (`swiotlb.strategy=<default>,<device>:<strategy>,...`). A
+    /// mapping is always unmapped by the lane that made it.
+    ///
+    /// # Errors
+    /// [`InitError::Config`] for no lanes or more than [`MAX_LANES`], a route to a lane
+    /// that does not exist, a device routed twice, or more routes than device slots.
+    pub fn with_lanes(
+        platform: P,
+        lanes: Vec<S>,
+        routes: &[(String, usize)],
+        options: BouncerOptions,
+    ) -> Result<Self, InitError> {
+        if lanes.is_empty() || lanes.len() > MAX_LANES {
+            return Err(InitError::Config(alloc::format!(
+                "{} strategy instances given, 1 to {MAX_LANES} are supported",
+                lanes.len()
+            )));
+        }
+        let mut table = Vec::with_capacity(routes.len());
+        for (dev, lane) in routes {
+            if *lane >= lanes.len() {
+                return Err(InitError::Config(alloc::format!(
+                    "device `{dev}` is routed to instance {lane}, but there are {}",
+                    lanes.len()
+                )));
+            }
+            table.push((dev.clone(), *lane as u8));
+        }
+        DeviceTable::<P::Lock>::check_routes(&table).map_err(InitError::Config)?;
+        let cpus = platform.cpu_count();
+        Ok(Self::build(platform, lanes.into_boxed_slice(), DeviceTable::new(cpus, &table), options))
+    }
+
+    fn build(platform: P, lanes: Box<[S]>, devices: DeviceTable<P::Lock>, options: BouncerOptions) -> Self {
+        let stats = BounceStats::with_shards(platform.cpu_count());
+        Self { platform, lanes, options, stats, devices, warn_limit: RateLimit::new() }
+    }
+
+    /// The default strategy instance (lane 0), which serves every device no route
+    /// names; the only one without routes.
     pub fn strategy(&self) -> &S {
-        &self.strategy
+        &self.lanes[0]
+    }
+
+    /// Every strategy instance, the default first.
+    pub fn lanes(&self) -> &[S] {
+        &self.lanes
+    }
+
+    /// Resolves `dev`'s route once and caches it in `dev`, so its maps and unmaps skip
+    /// the lookup by name (as Linux sets `dev->dma_io_tlb_mem` once per device).
+    /// Unattached devices work too, looked up by name on every call.
+    ///
+    /// # Context
+    /// Any context; never allocates.
+    pub fn attach(&self, dev: &mut Device) {
+        dev.set_attachment(Attachment::default());
+        let route = self.devices.route(dev);
+        dev.set_attachment(Attachment { table: self.devices.id(), route });
+    }
+
+    /// The route (statistics slot and lane) `dev` takes.
+    #[inline]
+    pub fn route(&self, dev: &Device) -> DeviceRoute {
+        self.devices.route(dev)
+    }
+
+    /// The strategy instance that serves `dev`.
+    #[inline]
+    fn lane(&self, route: DeviceRoute) -> &S {
+        // Lanes are checked against the routes at construction; lane 0 always exists.
+        self.lanes.get(usize::from(route.lane)).unwrap_or(&self.lanes[0])
     }
 
     /// The platform.
@@ -177,26 +258,31 @@ impl<P: Platform, S: Strategy> Bouncer<P, S> {
     }
 
     #[inline]
-    fn finish_timing(&self, cpu: usize, t0: u64, copy_ns: u64) {
+    fn finish_timing(&self, ds: &BounceStats, cpu: usize, t0: u64, copy_ns: u64) {
         if self.options.timing {
             let op = self.platform.now_ns().saturating_sub(t0);
-            self.stats.timed(cpu, op, copy_ns);
+            ds.timed(cpu, op, copy_ns);
         }
+    }
+
+    /// Counts a failure of a `size`-byte request of the device at `route`.
+    fn fail(&self, route: DeviceRoute, cpu: usize, reason: FailureReason, size: usize) {
+        self.devices.stats(route.slot).fail(cpu, reason);
+        self.devices.fail_size(route.slot, size);
     }
 
     /// `max_mapping_size(dev)`: the longest single mapping for this device.
     pub fn max_mapping_size(&self, dev: &Device) -> usize {
-        self.strategy.max_mapping_size(dev)
+        self.lane(self.route(dev)).max_mapping_size(dev)
     }
 
     /// `dma_supported(dev, mask)`: whether a device with this mask can reach every
-    /// bounce buffer the strategy may hand out.
+    /// bounce buffer any strategy instance may hand out.
     pub fn dma_supported(&self, mask: u64) -> bool {
-        let limit = self.strategy.addressing_limit();
-        if limit.0 == 0 {
-            return true;
-        }
-        self.platform.phys_to_dma(PhysAddr(limit.0 - 1)).0 <= mask
+        self.lanes.iter().all(|s| {
+            let limit = s.addressing_limit();
+            limit.0 == 0 || self.platform.phys_to_dma(PhysAddr(limit.0 - 1)).0 <= mask
+        })
     }
 
     /// `map_page` / `swiotlb_map`: bounces `size` bytes at `orig` and returns the bus
@@ -235,7 +321,7 @@ impl<P: Platform, S: Strategy> Bouncer<P, S> {
         match DmaDirection::from_raw(dir) {
             Ok(d) => self.map_single(dev, orig, size, d, attrs),
             Err(e) => {
-                self.stats.fail(self.platform.current_cpu(), e.reason());
+                self.fail(self.route(dev), self.platform.current_cpu(), e.reason(), size);
                 Err(e)
             }
         }
@@ -257,37 +343,44 @@ impl<P: Platform, S: Strategy> Bouncer<P, S> {
         let _ = dir; // map copies in for every direction
         let cpu = self.platform.current_cpu();
         let t0 = self.clock();
-        let r = self.map_inner(dev, orig, size, alloc_align_mask, cpu, attrs);
+        let route = self.route(dev);
+        let r = self.map_inner(dev, route, orig, size, alloc_align_mask, cpu, attrs);
         match r {
             Ok((dma, copy_ns)) => {
-                self.finish_timing(cpu, t0, copy_ns);
+                self.finish_timing(self.devices.stats(route.slot), cpu, t0, copy_ns);
                 Ok(dma)
             }
             Err(e) => {
-                self.stats.fail(cpu, e.reason());
+                self.fail(route, cpu, e.reason(), size);
                 Err(e)
             }
         }
     }
 
+    #[expect(clippy::too_many_arguments, reason = "the DMA API's arguments plus the resolved route and CPU")]
     fn map_inner(
         &self,
         dev: &Device,
+        route: DeviceRoute,
         orig: PhysAddr,
         size: usize,
         alloc_align_mask: u64,
         cpu: usize,
         attrs: DmaAttrs,
     ) -> Result<(DmaAddr, u64), MapError> {
+        let strategy = self.lane(route);
         if size == 0 {
             return Err(MapError::ZeroSize);
         }
         if orig.checked_add(size as u64).is_none() {
             return Err(MapError::BadOriginal { orig, size });
         }
-        let max = self.strategy.max_mapping_size(dev);
+        let max = strategy.max_mapping_size(dev);
         if size > max {
-            self.warn(attrs, format_args!("{}: bounce: mapping of {size} bytes exceeds max {max}", dev.name()));
+            self.warn(
+                attrs,
+                format_args!("{}: bounce: {}: mapping of {size} bytes exceeds max {max}", dev.name(), strategy.name()),
+            );
             return Err(MapError::TooLarge { size, max });
         }
         let req = Request {
@@ -300,10 +393,19 @@ impl<P: Platform, S: Strategy> Bouncer<P, S> {
             cpu,
             may_block: attrs.contains(DmaAttrs::MAY_BLOCK),
         };
-        let res = match self.reserve(&req, cpu, attrs) {
+        let ds = self.devices.stats(route.slot);
+        let res = match self.reserve(strategy, ds, &req, cpu, attrs) {
             Ok(r) => r,
             Err(e) => {
-                self.warn(attrs, format_args!("{}: {e}", dev.name()));
+                self.warn(
+                    attrs,
+                    format_args!(
+                        "{}: bounce: {} cannot map {size} bytes ({}): {e}",
+                        dev.name(),
+                        strategy.name(),
+                        e.reason().name()
+                    ),
+                );
                 return Err(e);
             }
         };
@@ -311,7 +413,7 @@ impl<P: Platform, S: Strategy> Bouncer<P, S> {
         let dma = self.platform.phys_to_dma(tlb);
         // dma_capable(): the whole buffer must be below the device's mask.
         if dma.0.checked_add(size as u64 - 1).is_none_or(|end| end > dev.dma_mask) {
-            if self.strategy.release(tlb).is_err() {
+            if strategy.release(tlb).is_err() {
                 self.platform.log(LogLevel::Error, format_args!("bounce: strategy lost a fresh mapping at {tlb}"));
             }
             self.warn(
@@ -322,8 +424,9 @@ impl<P: Platform, S: Strategy> Bouncer<P, S> {
         }
         let mut copy_ns = 0;
         self.timed_copy(tlb, orig, size, &mut copy_ns);
-        self.stats.add(cpu, Counter::Maps, 1);
-        self.stats.add(cpu, Counter::BytesToBounce, size as u64);
+        ds.add(cpu, Counter::Maps, 1);
+        ds.add(cpu, Counter::BytesToBounce, size as u64);
+        ds.inflight_add(cpu, size);
         self.stats.inflight_add(cpu, size);
         if self.options.trace {
             self.platform.trace_bounced(&BouncedEvent {
@@ -345,8 +448,15 @@ impl<P: Platform, S: Strategy> Bouncer<P, S> {
     /// would, so waiting never fails a map that not waiting would have served. Any other
     /// map, and any other error, returns at once: only this caller sleeps, and only
     /// because it said it may.
-    fn reserve(&self, req: &Request, cpu: usize, attrs: DmaAttrs) -> Result<Reservation, MapError> {
-        let first = self.strategy.reserve(req);
+    fn reserve(
+        &self,
+        strategy: &S,
+        ds: &BounceStats,
+        req: &Request,
+        cpu: usize,
+        attrs: DmaAttrs,
+    ) -> Result<Reservation, MapError> {
+        let first = strategy.reserve(req);
         let Err(e) = first else { return first };
         if !attrs.contains(DmaAttrs::MAY_BLOCK) || !matches!(e.reason(), FailureReason::Exhausted | FailureReason::Cap)
         {
@@ -360,21 +470,21 @@ impl<P: Platform, S: Strategy> Bouncer<P, S> {
             if !self.platform.sleep(nap) {
                 if nap == FIRST_BLOCK_SLEEP_NS {
                     // Cannot sleep here: an atomic map after all.
-                    return self.strategy.reserve(&atomic);
+                    return strategy.reserve(&atomic);
                 }
-                break self.strategy.reserve(&atomic);
+                break strategy.reserve(&atomic);
             }
-            match self.strategy.reserve(req) {
+            match strategy.reserve(req) {
                 Ok(r) => break Ok(r),
                 Err(_) if self.platform.now_ns().saturating_sub(start) >= MAY_BLOCK_TIMEOUT_NS => {
-                    break self.strategy.reserve(&atomic);
+                    break strategy.reserve(&atomic);
                 }
                 Err(again) if matches!(again.reason(), FailureReason::Exhausted | FailureReason::Cap) => {}
                 Err(other) => break Err(other),
             }
             nap = (nap * 2).min(MAX_BLOCK_SLEEP_NS);
         };
-        self.stats.blocked(cpu, self.platform.now_ns().saturating_sub(start));
+        ds.blocked(cpu, self.platform.now_ns().saturating_sub(start));
         result
     }
 
@@ -388,12 +498,21 @@ impl<P: Platform, S: Strategy> Bouncer<P, S> {
         (self.platform.phys_to_dma(phys) == dma).then_some(phys)
     }
 
-    /// Looks up a caller's bus address: the one lookup of an unmap or a sync.
+    /// Looks up a caller's bus address: the one lookup of an unmap or a sync. The
+    /// device's own lane is asked first; an address it does not own is looked for in the
+    /// other lanes, so a mapping is found (and released) by the lane that made it.
     #[inline]
-    fn find(&self, dma: DmaAddr) -> Result<(PhysAddr, Found), LookupError> {
+    fn find(&self, route: DeviceRoute, dma: DmaAddr) -> Result<(PhysAddr, &S, Found), LookupError> {
         let Some(phys) = self.bounce_phys(dma) else { return Err(LookupError::Foreign(dma)) };
-        match self.strategy.find(phys) {
-            Ok(f) => Ok((phys, f)),
+        let own = self.lane(route);
+        let mut r = own.find(phys).map(|f| (own, f));
+        if matches!(r, Err(ReleaseError::Foreign)) && self.lanes.len() > 1 {
+            if let Some(s) = self.lanes.iter().find(|s| s.owns(phys)) {
+                r = s.find(phys).map(|f| (s, f));
+            }
+        }
+        match r {
+            Ok((s, f)) => Ok((phys, s, f)),
             Err(ReleaseError::Foreign) => Err(LookupError::Foreign(dma)),
             Err(ReleaseError::NotMapped) => Err(LookupError::NotMapped(dma)),
             Err(ReleaseError::NotStart { start }) => {
@@ -404,9 +523,11 @@ impl<P: Platform, S: Strategy> Bouncer<P, S> {
 
     /// Copies between bounce and original for `len` bytes at `tlb`, clamping to the
     /// mapping ("Buffer overflow detected").
+    #[expect(clippy::too_many_arguments, reason = "the mapping, the copy and where to count it")]
     fn bounce(
         &self,
         dev: &Device,
+        ds: &BounceStats,
         tlb: PhysAddr,
         loc: &Located,
         len: usize,
@@ -416,7 +537,7 @@ impl<P: Platform, S: Strategy> Bouncer<P, S> {
     ) {
         let mut len = len;
         if len > loc.remaining {
-            self.stats.add(cpu, Counter::OverflowsClamped, 1);
+            ds.add(cpu, Counter::OverflowsClamped, 1);
             self.warn(
                 DmaAttrs::empty(),
                 format_args!(
@@ -432,10 +553,10 @@ impl<P: Platform, S: Strategy> Bouncer<P, S> {
         }
         if to_device {
             self.timed_copy(tlb, loc.orig, len, copy_ns);
-            self.stats.add(cpu, Counter::BytesToBounce, len as u64);
+            ds.add(cpu, Counter::BytesToBounce, len as u64);
         } else {
             self.timed_copy(loc.orig, tlb, len, copy_ns);
-            self.stats.add(cpu, Counter::BytesFromBounce, len as u64);
+            ds.add(cpu, Counter::BytesFromBounce, len as u64);
         }
     }
 
@@ -455,14 +576,15 @@ impl<P: Platform, S: Strategy> Bouncer<P, S> {
     ) -> Result<(), LookupError> {
         let cpu = self.platform.current_cpu();
         let t0 = self.clock();
-        let r = self.unmap_inner(dev, dma, size, dir, attrs, cpu);
+        let route = self.route(dev);
+        let r = self.unmap_inner(dev, route, dma, size, dir, attrs, cpu);
         match r {
             Ok(copy_ns) => {
-                self.finish_timing(cpu, t0, copy_ns);
+                self.finish_timing(self.devices.stats(route.slot), cpu, t0, copy_ns);
                 Ok(())
             }
             Err(e) => {
-                self.stats.fail(cpu, e.reason());
+                self.fail(route, cpu, e.reason(), size);
                 Err(e)
             }
         }
@@ -483,29 +605,32 @@ impl<P: Platform, S: Strategy> Bouncer<P, S> {
         match DmaDirection::from_raw(dir) {
             Ok(d) => self.unmap_single(dev, dma, size, d, attrs),
             Err(e) => {
-                self.stats.fail(self.platform.current_cpu(), e.reason());
+                self.fail(self.route(dev), self.platform.current_cpu(), e.reason(), size);
                 Err(e.into())
             }
         }
     }
 
+    #[expect(clippy::too_many_arguments, reason = "the DMA API's arguments plus the resolved route and CPU")]
     fn unmap_inner(
         &self,
         dev: &Device,
+        route: DeviceRoute,
         dma: DmaAddr,
         size: usize,
         dir: DmaDirection,
         attrs: DmaAttrs,
         cpu: usize,
     ) -> Result<u64, LookupError> {
-        let (tlb, found) = self.find(dma)?;
+        let (tlb, strategy, found) = self.find(route, dma)?;
+        let ds = self.devices.stats(route.slot);
         let loc = found.loc;
         if loc.start != tlb {
             return Err(LookupError::NotMappingStart { addr: dma, start: self.platform.phys_to_dma(loc.start) });
         }
         let mut copy_ns = 0;
         if dir.from_device() && !attrs.contains(DmaAttrs::SKIP_CPU_SYNC) {
-            self.bounce(dev, tlb, &loc, size, false, cpu, &mut copy_ns);
+            self.bounce(dev, ds, tlb, &loc, size, false, cpu, &mut copy_ns);
         }
         if self.options.scrub {
             let t = self.clock();
@@ -514,9 +639,10 @@ impl<P: Platform, S: Strategy> Bouncer<P, S> {
                 copy_ns += self.platform.now_ns() - t;
             }
         }
-        match self.strategy.release_found(&found, cpu) {
+        match strategy.release_found(&found, cpu) {
             Ok(rel) => {
-                self.stats.add(cpu, Counter::Unmaps, 1);
+                ds.add(cpu, Counter::Unmaps, 1);
+                ds.inflight_sub(cpu, rel.size);
                 self.stats.inflight_sub(cpu, rel.size);
                 Ok(copy_ns)
             }
@@ -571,26 +697,28 @@ impl<P: Platform, S: Strategy> Bouncer<P, S> {
     ) -> Result<(), LookupError> {
         let cpu = self.platform.current_cpu();
         let t0 = self.clock();
-        let (tlb, loc) = match self.find(dma) {
-            Ok((tlb, f)) => (tlb, f.loc),
+        let route = self.route(dev);
+        let (tlb, loc) = match self.find(route, dma) {
+            Ok((tlb, _, f)) => (tlb, f.loc),
             Err(e) => {
-                self.stats.fail(cpu, e.reason());
+                self.fail(route, cpu, e.reason(), size);
                 return Err(e);
             }
         };
+        let ds = self.devices.stats(route.slot);
         let mut copy_ns = 0;
         if for_device {
             if dir.to_device() {
-                self.bounce(dev, tlb, &loc, size, true, cpu, &mut copy_ns);
+                self.bounce(dev, ds, tlb, &loc, size, true, cpu, &mut copy_ns);
             }
-            self.stats.add(cpu, Counter::SyncsForDevice, 1);
+            ds.add(cpu, Counter::SyncsForDevice, 1);
         } else {
             if dir.from_device() {
-                self.bounce(dev, tlb, &loc, size, false, cpu, &mut copy_ns);
+                self.bounce(dev, ds, tlb, &loc, size, false, cpu, &mut copy_ns);
             }
-            self.stats.add(cpu, Counter::SyncsForCpu, 1);
+            ds.add(cpu, Counter::SyncsForCpu, 1);
         }
-        self.finish_timing(cpu, t0, copy_ns);
+        self.finish_timing(ds, cpu, t0, copy_ns);
         Ok(())
     }
 
@@ -687,21 +815,46 @@ impl<P: Platform, S: Strategy> Bouncer<P, S> {
         first
     }
 
-    /// `is_swiotlb_buffer`: whether a bus address belongs to the bounce pools.
+    /// `is_swiotlb_buffer`: whether a bus address belongs to the bounce pools (of any
+    /// strategy instance).
     pub fn is_bounce_buffer(&self, dma: DmaAddr) -> bool {
-        self.bounce_phys(dma).is_some_and(|phys| self.strategy.owns(phys))
+        self.bounce_phys(dma).is_some_and(|phys| self.lanes.iter().any(|s| s.owns(phys)))
     }
 
     /// The live mapping around `dma`: `(mapping start, bytes from dma to its end)`.
     /// The device model uses it to check every access.
     pub fn live_range(&self, dma: DmaAddr) -> Option<(DmaAddr, usize)> {
         let phys = self.bounce_phys(dma)?;
-        self.strategy.locate(phys).map(|l| (self.platform.phys_to_dma(l.start), l.remaining))
+        let s = self.lanes.iter().find(|s| s.owns(phys))?;
+        s.locate(phys).map(|l| (self.platform.phys_to_dma(l.start), l.remaining))
     }
 
-    /// DMA-API counters.
+    /// DMA-API counters of the whole bouncer: the sum over the devices, with the exact
+    /// in-flight total and peak.
     pub fn stats(&self) -> BounceSnapshot {
-        self.stats.snapshot()
+        let mut t = self.devices.total();
+        let own = self.stats.snapshot();
+        t.inflight_bytes = own.inflight_bytes;
+        t.inflight_bytes_peak = own.inflight_bytes_peak;
+        for (a, b) in t.failures.iter_mut().zip(own.failures) {
+            *a += b;
+        }
+        t
+    }
+
+    /// DMA-API counters per device (each with its lane), the routed devices first.
+    pub fn device_stats(&self) -> Vec<DeviceSnapshot> {
+        self.devices.snapshot()
+    }
+
+    /// DMA-API counters of the devices lane `lane` serves (in-flight bytes and peak
+    /// summed over them).
+    pub fn lane_stats(&self, lane: usize) -> BounceSnapshot {
+        let mut t = BounceSnapshot::default();
+        for d in self.devices.snapshot().iter().filter(|d| d.lane == lane) {
+            t.merge(&d.stats);
+        }
+        t
     }
 
     /// Records a failure that happened before reaching the bouncer (e.g. a bad ABI
@@ -710,25 +863,48 @@ impl<P: Platform, S: Strategy> Bouncer<P, S> {
         self.stats.fail(self.platform.current_cpu(), reason);
     }
 
-    /// The strategy's pool statistics.
+    /// The pool statistics of every strategy instance, summed (high-water marks too:
+    /// an upper bound of the joint peak).
     pub fn pool_stats(&self) -> PoolStats {
-        self.strategy.stats()
+        let mut t = PoolStats::default();
+        for s in &*self.lanes {
+            t.merge(&s.stats());
+        }
+        t
     }
 
-    /// Linux's debugfs numbers.
+    /// Linux's debugfs numbers, over every strategy instance.
     pub fn debugfs(&self) -> DebugfsView {
-        self.strategy.stats().debugfs()
+        self.pool_stats().debugfs()
     }
 
-    /// Writing 0 to `io_tlb_used_hiwater`: resets the strategy's high-water mark and the
-    /// in-flight peak.
+    /// Writing 0 to `io_tlb_used_hiwater`: resets every strategy instance's high-water
+    /// mark and the in-flight peaks.
     pub fn reset_hiwater(&self) {
-        self.strategy.reset_hiwater();
+        for s in &*self.lanes {
+            s.reset_hiwater();
+        }
         self.stats.reset_inflight_peak();
+        self.devices.reset_inflight_peaks();
     }
 
-    /// Runs the strategy's background work once (kccd's loop body). May sleep.
-    pub fn run_background(&self) -> crate::strategy::BackgroundReport {
-        self.strategy.run_background()
+    /// Whether any strategy instance has background work.
+    pub fn background_pending(&self) -> bool {
+        self.lanes.iter().any(Strategy::background_pending)
+    }
+
+    /// Runs every strategy instance's background work once (kccd's loop body). May
+    /// sleep.
+    pub fn run_background(&self) -> BackgroundReport {
+        let mut t = BackgroundReport::default();
+        for s in &*self.lanes {
+            let r = s.run_background();
+            t.buffers_added += r.buffers_added;
+            t.pages_grown += r.pages_grown;
+            t.pages_shrunk += r.pages_shrunk;
+            t.pages_quarantined += r.pages_quarantined;
+            t.more |= r.more;
+        }
+        t
     }
 }

@@ -5,7 +5,7 @@
 //! | token | meaning |
 //! |---|---|
 //! | `swiotlb=<slots>[,<areas>][,force\|noforce]` | Linux's parameter, parsed as `setup_io_tlb_npages()` does: numbers in C notation (`0x` hex, leading `0` octal), slots rounded up to a multiple of 128 (`IO_TLB_SEGSIZE`), areas rounded up to a power of two. Given more than once, each token sets only what it names, as in Linux (see [`SwiotlbParam::merge`]). |
-//! | `swiotlb.strategy=<name>` | the strategy to boot (`legacy`, `dynamic`, `magazine`, or any name the caller registers) |
+//! | `swiotlb.strategy=<name>[,<device>:<name>]...` | the strategy to boot (`legacy`, `dynamic`, `magazine`, or any name the caller registers), then optional per-device routes: each `<device>:<name>` sends the device named `<device>` (its `dev_name()`, e.g. `virtio1` or `0000:00:05.0`; the last `:` separates the strategy) to its own strategy instance ([`Route`]) |
 //! | `swiotlb.scrub=on\|off` | clear bounce buffers before they return to a free list |
 //! | `swiotlb.<strategy>.<param>=<value>` | a strategy's own parameter; the strategy validates it with [`StrategyParams`] |
 //!
@@ -17,6 +17,7 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
 use crate::addr::IO_TLB_SEGSIZE;
+use crate::dma::DEVICE_NAME_MAX;
 use crate::error::CmdlineError;
 
 /// `force` / `noforce` of `swiotlb=`.
@@ -71,6 +72,20 @@ pub struct Param {
     pub token: String,
 }
 
+/// Device routes as (device name, lane index) pairs: [`BootConfig::lanes`]'s second
+/// half, [`Bouncer::with_lanes`](crate::Bouncer::with_lanes)'s input.
+pub type LaneRoutes = Vec<(String, usize)>;
+
+/// One per-device entry of `swiotlb.strategy=<default>,<device>:<strategy>,...`: the
+/// device named `device` maps through its own instance of `strategy`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// The device's name (`dev_name()`), at most [`DEVICE_NAME_MAX`] bytes.
+    pub device: String,
+    /// The strategy that serves it.
+    pub strategy: String,
+}
+
 /// Everything bounce takes from the boot command line.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BootConfig {
@@ -79,6 +94,9 @@ pub struct BootConfig {
     /// `swiotlb.strategy=`; `None` runs the platform default (Linux's own swiotlb in the
     /// kernel).
     pub strategy: Option<String>,
+    /// The per-device routes after the default strategy in `swiotlb.strategy=`, in
+    /// command-line order (no device twice).
+    pub routes: Vec<Route>,
     /// `swiotlb.scrub=`.
     pub scrub: bool,
     /// Strategy parameters in command-line order.
@@ -204,7 +222,56 @@ pub fn parse_swiotlb_value(token: &str, value: &str) -> Result<SwiotlbParam, Cmd
     Ok(p)
 }
 
+/// One `<device>:<strategy>` entry of `swiotlb.strategy=` (the strategy name is not
+/// checked here). The device is everything before the last `:`, so PCI names such as
+/// `0000:00:05.0` need no quoting.
+fn parse_route(token: &str, entry: &str) -> Result<Route, CmdlineError> {
+    let bad = |expected| CmdlineError::Unexpected { token: token.to_string(), rest: entry.to_string(), expected };
+    let Some((device, strategy)) = entry.rsplit_once(':') else {
+        return Err(bad("`<device>:<strategy>` after the default strategy"));
+    };
+    if device.is_empty() {
+        return Err(bad("a device name before `:`"));
+    }
+    if strategy.is_empty() {
+        return Err(bad("a strategy name after `<device>:`"));
+    }
+    if device.len() > DEVICE_NAME_MAX {
+        return Err(CmdlineError::OutOfRange {
+            token: token.to_string(),
+            reason: alloc::format!("device name `{device}` is longer than {DEVICE_NAME_MAX} bytes"),
+        });
+    }
+    Ok(Route { device: device.to_string(), strategy: strategy.to_string() })
+}
+
 impl BootConfig {
+    /// The strategy instances (*lanes*) the command line asks for and the routes between
+    /// them: one configuration per lane, the default strategy's first, then one per
+    /// further strategy the routes name (each that strategy's own command line, routes
+    /// removed), and each route as (device, lane). A route naming the default strategy
+    /// takes lane 0; devices routed to the same strategy share its lane.
+    pub fn lanes(&self) -> (Vec<BootConfig>, LaneRoutes) {
+        let one = |strategy: Option<String>| BootConfig { strategy, routes: Vec::new(), ..self.clone() };
+        let mut lanes = alloc::vec![one(self.strategy.clone())];
+        let mut routes = Vec::with_capacity(self.routes.len());
+        for r in &self.routes {
+            let lane =
+                lanes.iter().position(|l| l.strategy.as_deref() == Some(r.strategy.as_str())).unwrap_or_else(|| {
+                    lanes.push(one(Some(r.strategy.clone())));
+                    lanes.len() - 1
+                });
+            routes.push((r.device.clone(), lane));
+        }
+        (lanes, routes)
+    }
+
+    /// The strategy `device` maps through: its route's, else the default
+    /// (`None`: the platform default).
+    pub fn strategy_for(&self, device: &str) -> Option<&str> {
+        self.routes.iter().find(|r| r.device == device).map(|r| r.strategy.as_str()).or(self.strategy.as_deref())
+    }
+
     /// Parses a whole kernel command line. `known_strategies` lists the names
     /// `swiotlb.strategy=` and `swiotlb.<strategy>.*` may use.
     ///
@@ -237,14 +304,27 @@ impl BootConfig {
                     if cfg.strategy.is_some() {
                         return Err(CmdlineError::Duplicate { token: token.to_string(), key: key.to_string() });
                     }
-                    if !known_strategies.contains(&value) {
-                        return Err(CmdlineError::UnknownStrategy {
-                            token: token.to_string(),
-                            name: value.to_string(),
-                            known: known(),
-                        });
+                    let mut entries = value.split(',');
+                    let default = entries.next().unwrap_or_default();
+                    let unknown = |name: &str| CmdlineError::UnknownStrategy {
+                        token: token.to_string(),
+                        name: name.to_string(),
+                        known: known(),
+                    };
+                    if !known_strategies.contains(&default) {
+                        return Err(unknown(default));
                     }
-                    cfg.strategy = Some(value.to_string());
+                    for entry in entries {
+                        let route = parse_route(token, entry)?;
+                        if !known_strategies.contains(&route.strategy.as_str()) {
+                            return Err(unknown(&route.strategy));
+                        }
+                        if cfg.routes.iter().any(|r| r.device == route.device) {
+                            return Err(CmdlineError::Duplicate { token: token.to_string(), key: route.device });
+                        }
+                        cfg.routes.push(route);
+                    }
+                    cfg.strategy = Some(default.to_string());
                 }
                 "scrub" => {
                     if seen_scrub {
@@ -442,6 +522,49 @@ mod tests {
         let c = BootConfig::parse("swiotlb=1024 swiotlb=2048", KNOWN).unwrap();
         assert_eq!(c.swiotlb.nslabs, Some(2048));
         assert_eq!(BootConfig::parse("", KNOWN).unwrap(), BootConfig::default());
+    }
+
+    #[test]
+    fn per_device_routes_parse_and_bad_entries_name_the_token() {
+        let c = BootConfig::parse("swiotlb.strategy=legacy,virtio1:magazine,0000:00:05.0:dynamic", KNOWN).unwrap();
+        assert_eq!(c.strategy.as_deref(), Some("legacy"));
+        let route = |d: &str, s: &str| Route { device: d.into(), strategy: s.into() };
+        assert_eq!(c.routes, [route("virtio1", "magazine"), route("0000:00:05.0", "dynamic")]);
+        assert_eq!(c.strategy_for("virtio1"), Some("magazine"));
+        assert_eq!(c.strategy_for("0000:00:05.0"), Some("dynamic"));
+        assert_eq!(c.strategy_for("nvme0"), Some("legacy"));
+        let (lanes, routes) = c.lanes();
+        let names: Vec<_> = lanes.iter().map(|l| l.strategy.as_deref().unwrap()).collect();
+        assert_eq!(names, ["legacy", "magazine", "dynamic"]);
+        assert!(lanes.iter().all(|l| l.routes.is_empty()));
+        assert_eq!(routes, [("virtio1".into(), 1), ("0000:00:05.0".into(), 2)]);
+        let c = BootConfig::parse("swiotlb.strategy=dynamic,a:dynamic,b:magazine,c:magazine", KNOWN).unwrap();
+        assert_eq!(c.lanes().0.len(), 2);
+        assert_eq!(c.lanes().1, [("a".into(), 0), ("b".into(), 1), ("c".into(), 1)]);
+        // The single-name form is unchanged; a route may name the default strategy.
+        assert!(BootConfig::parse("swiotlb.strategy=dynamic", KNOWN).unwrap().routes.is_empty());
+        assert_eq!(BootConfig::parse("swiotlb.strategy=magazine,a:magazine", KNOWN).unwrap().routes.len(), 1);
+        let err = |s: &str| BootConfig::parse(s, KNOWN).unwrap_err().to_string();
+        assert_eq!(
+            err("swiotlb.strategy=legacy,virtio1:slab"),
+            "`swiotlb.strategy=legacy,virtio1:slab`: unknown strategy `slab` (known: legacy, dynamic, magazine)"
+        );
+        assert_eq!(
+            err("swiotlb.strategy=legacy,virtio1"),
+            "`swiotlb.strategy=legacy,virtio1`: unexpected `virtio1` (expected `<device>:<strategy>` after the default strategy)"
+        );
+        assert!(err("swiotlb.strategy=legacy,:dynamic").contains("a device name before `:`"));
+        assert!(err("swiotlb.strategy=legacy,virtio1:").contains("a strategy name after `<device>:`"));
+        assert!(err("swiotlb.strategy=legacy,").contains("`<device>:<strategy>`"));
+        assert!(err("swiotlb.strategy=,virtio1:legacy").contains("unknown strategy ``"));
+        assert_eq!(
+            err("swiotlb.strategy=legacy,vda:dynamic,vda:magazine"),
+            "`swiotlb.strategy=legacy,vda:dynamic,vda:magazine`: `vda` is given more than once"
+        );
+        let long = "d".repeat(DEVICE_NAME_MAX + 1);
+        assert!(err(&alloc::format!("swiotlb.strategy=legacy,{long}:dynamic")).contains("longer than 32 bytes"));
+        let max = "d".repeat(DEVICE_NAME_MAX);
+        assert!(BootConfig::parse(&alloc::format!("swiotlb.strategy=legacy,{max}:dynamic"), KNOWN).is_ok());
     }
 
     /// Regression (fuzz finding `regressions/cmdline/swiotlb-twice`): each `swiotlb=`

@@ -79,7 +79,7 @@ impl<S: Strategy> Env<S> {
     /// Runs background work until the strategy says it is idle (bounded).
     pub fn settle(&self) {
         for _ in 0..10_000 {
-            if !self.bouncer.strategy().background_pending() {
+            if !self.bouncer.background_pending() {
                 return;
             }
             self.bouncer.run_background();

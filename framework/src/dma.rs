@@ -3,6 +3,7 @@
 use core::fmt;
 
 use crate::addr::{dma_bit_mask, IO_TLB_SIZE};
+use crate::devices::{Attachment, DeviceRoute};
 use crate::error::MapError;
 
 /// The direction of a streaming DMA mapping (`enum dma_data_direction`).
@@ -90,10 +91,14 @@ pub const DEVICE_NAME_MAX: usize = 32;
 
 /// What the bounce layer needs to know about a device (`struct device` and its
 /// `dma_parms`).
-#[derive(Clone, Copy, PartialEq, Eq)]
+///
+/// Equality compares what describes the device, not its [`Attachment`].
+#[derive(Clone, Copy)]
 pub struct Device {
     name: [u8; DEVICE_NAME_MAX],
     name_len: u8,
+    /// The bouncer slot and lane cached by [`Bouncer::attach`](crate::Bouncer::attach).
+    attachment: Attachment,
     /// The device's addressing limit (`*dev->dma_mask`): every bus address it is handed
     /// must be at most this.
     pub dma_mask: u64,
@@ -111,6 +116,7 @@ impl Device {
         let mut dev = Self {
             name: [0; DEVICE_NAME_MAX],
             name_len: 0,
+            attachment: Attachment { table: 0, route: DeviceRoute { slot: 0, lane: 0 } },
             dma_mask: u64::MAX,
             min_align_mask: 0,
             max_segment_size: 65536,
@@ -156,6 +162,19 @@ impl Device {
         self.name = [0; DEVICE_NAME_MAX];
         self.name[..len].copy_from_slice(&name.as_bytes()[..len]);
         self.name_len = len as u8;
+        self.attachment = Attachment::default();
+    }
+
+    /// Where a bouncer routes this device, as [`Bouncer::attach`](crate::Bouncer::attach)
+    /// cached it ([`Attachment::table`] 0: not attached).
+    #[inline]
+    pub fn attachment(&self) -> Attachment {
+        self.attachment
+    }
+
+    /// Caches `a` (see [`Bouncer::attach`](crate::Bouncer::attach)).
+    pub(crate) fn set_attachment(&mut self, a: Attachment) {
+        self.attachment = a;
     }
 
     /// The device's name (`dev_name()`).
@@ -170,6 +189,17 @@ impl Device {
         crate::addr::align_up_usize(self.min_align_mask as usize, IO_TLB_SIZE)
     }
 }
+
+impl PartialEq for Device {
+    fn eq(&self, other: &Self) -> bool {
+        self.name() == other.name()
+            && self.dma_mask == other.dma_mask
+            && self.min_align_mask == other.min_align_mask
+            && self.max_segment_size == other.max_segment_size
+    }
+}
+
+impl Eq for Device {}
 
 impl fmt::Debug for Device {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

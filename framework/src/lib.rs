@@ -24,6 +24,7 @@ extern crate self as bounce_framework;
 pub mod addr;
 pub mod bouncer;
 pub mod cmdline;
+pub mod devices;
 pub mod dma;
 pub mod error;
 pub mod lock;
@@ -45,8 +46,12 @@ pub use addr::{
     DmaAddr, PageCount, PhysAddr, SlotCount, IO_TLB_SEGSIZE, IO_TLB_SHIFT, IO_TLB_SIZE, PAGE_SHIFT, PAGE_SIZE,
 };
 pub use bouncer::{Bouncer, BouncerOptions, SgEntry, SgError, MAY_BLOCK_TIMEOUT_NS};
-pub use cmdline::{BootConfig, ForceMode, StrategyParams, SwiotlbParam};
-pub use dma::{Device, DmaAttrs, DmaDirection};
+pub use cmdline::{BootConfig, ForceMode, LaneRoutes, Route, StrategyParams, SwiotlbParam};
+pub use devices::{
+    fail_size_bucket, Attachment, DeviceRoute, DeviceSnapshot, DeviceTable, DEVICE_SLOTS, FAIL_SIZE_BOUNDS, MAX_LANES,
+    OVERFLOW_DEVICE,
+};
+pub use dma::{Device, DmaAttrs, DmaDirection, DEVICE_NAME_MAX};
 pub use error::{CmdlineError, Detail, FailureReason, GrowError, InitError, LookupError, MapError, PlatformError};
 pub use lock::{IrqControl, IrqGuards, IrqMutex, IrqMutexGuard, IrqState, NoIrq, RawIrqLock, SpinIrqLock};
 pub use percpu::{PerCpuUsage, USAGE_BATCH};

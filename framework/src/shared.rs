@@ -42,6 +42,20 @@ pub struct ConversionStats {
 }
 
 impl ConversionStats {
+    /// Adds `other`'s counts to these (peaks summed: an upper bound of the joint peak).
+    pub fn merge(&mut self, other: &ConversionStats) {
+        self.decrypt_calls += other.decrypt_calls;
+        self.pages_decrypted += other.pages_decrypted;
+        self.encrypt_calls += other.encrypt_calls;
+        self.pages_encrypted += other.pages_encrypted;
+        self.failed_calls += other.failed_calls;
+        self.quarantined_pages += other.quarantined_pages;
+        self.alloc_failures += other.alloc_failures;
+        self.conversion_ns += other.conversion_ns;
+        self.shared_bytes += other.shared_bytes;
+        self.shared_bytes_peak += other.shared_bytes_peak;
+    }
+
     /// Conversion calls in both directions.
     pub const fn calls(&self) -> u64 {
         self.decrypt_calls + self.encrypt_calls

@@ -103,6 +103,20 @@ pub struct DebugfsView {
 }
 
 impl PoolStats {
+    /// Adds `other`'s figures to these (high-water marks summed: an upper bound of the
+    /// joint peak).
+    pub fn merge(&mut self, other: &PoolStats) {
+        self.capacity_bytes += other.capacity_bytes;
+        self.used_bytes += other.used_bytes;
+        self.used_hiwater_bytes += other.used_hiwater_bytes;
+        self.transient_bytes += other.transient_bytes;
+        self.conversions.merge(&other.conversions);
+        self.refill.wakeups += other.refill.wakeups;
+        self.refill.grow_batches += other.refill.grow_batches;
+        self.refill.shrink_batches += other.refill.shrink_batches;
+        self.refill.busy_ns += other.refill.busy_ns;
+    }
+
     /// The debugfs view (byte counts rounded to 2 KiB slots; used counts round up).
     pub fn debugfs(&self) -> DebugfsView {
         DebugfsView {
@@ -173,12 +187,24 @@ impl BounceStats {
     /// # Context
     /// Allocates (16 KiB): construction time only, never the map path.
     pub fn new() -> Self {
-        Self { shards: (0..STAT_SHARDS).map(|_| Shard::default()).collect(), inflight: PerCpuUsage::new(STAT_SHARDS) }
+        Self::with_shards(STAT_SHARDS)
+    }
+
+    /// Zeroed counters with `shards` per-CPU shards (1 to [`STAT_SHARDS`]; CPU ids
+    /// wrap around): one per CPU of the machine is enough.
+    ///
+    /// # Context
+    /// Allocates (256 bytes per shard): construction time only.
+    pub fn with_shards(shards: usize) -> Self {
+        let n = shards.clamp(1, STAT_SHARDS);
+        Self { shards: (0..n).map(|_| Shard::default()).collect(), inflight: PerCpuUsage::new(n) }
     }
 
     #[inline]
     fn shard(&self, cpu: usize) -> &Shard {
-        &self.shards[cpu % STAT_SHARDS]
+        // A CPU id below the shard count (every real one) needs no division.
+        let n = self.shards.len();
+        &self.shards[if cpu < n { cpu } else { cpu % n }]
     }
 
     #[inline]
@@ -297,6 +323,27 @@ pub struct BounceSnapshot {
 }
 
 impl BounceSnapshot {
+    /// Adds `other`'s counters to these (in-flight bytes and peaks are summed too).
+    pub fn merge(&mut self, other: &BounceSnapshot) {
+        self.maps += other.maps;
+        self.unmaps += other.unmaps;
+        self.syncs_for_cpu += other.syncs_for_cpu;
+        self.syncs_for_device += other.syncs_for_device;
+        self.bytes_to_bounce += other.bytes_to_bounce;
+        self.bytes_from_bounce += other.bytes_from_bounce;
+        for (a, b) in self.failures.iter_mut().zip(other.failures) {
+            *a += b;
+        }
+        self.overflows_clamped += other.overflows_clamped;
+        self.blocked_maps += other.blocked_maps;
+        self.blocked_ns += other.blocked_ns;
+        self.inflight_bytes += other.inflight_bytes;
+        self.inflight_bytes_peak += other.inflight_bytes_peak;
+        self.timed_ops += other.timed_ops;
+        self.op_ns += other.op_ns;
+        self.copy_ns += other.copy_ns;
+    }
+
     /// Failures of one kind.
     pub const fn failures_of(&self, reason: FailureReason) -> u64 {
         self.failures[reason as usize]

@@ -122,7 +122,25 @@ fn check_ok(input: &str, tokens: &[&str], cfg: &BootConfig) {
     );
     if let Some(s) = &cfg.strategy {
         assert!(KNOWN.contains(&s.as_str()), "{input:?}: unknown strategy {s:?} accepted");
-        assert!(tokens.contains(&format!("swiotlb.strategy={s}").as_str()), "{input:?}: strategy {s:?} from nowhere");
+        let mut value = s.clone();
+        for r in &cfg.routes {
+            let _ = write!(value, ",{}:{}", r.device, r.strategy);
+        }
+        assert!(
+            tokens.contains(&format!("swiotlb.strategy={value}").as_str()),
+            "{input:?}: strategy and routes {value:?} from nowhere"
+        );
+    } else {
+        assert!(cfg.routes.is_empty(), "{input:?}: routes without a strategy");
+    }
+    for (i, r) in cfg.routes.iter().enumerate() {
+        assert!(KNOWN.contains(&r.strategy.as_str()), "{input:?}: route to unknown strategy {r:?} accepted");
+        assert!(
+            !r.device.is_empty() && r.device.len() <= bounce_framework::DEVICE_NAME_MAX && !r.device.contains(','),
+            "{input:?}: bad device name in {r:?} accepted"
+        );
+        assert!(!cfg.routes[..i].iter().any(|q| q.device == r.device), "{input:?}: device routed twice: {r:?}");
+        assert_eq!(cfg.strategy_for(&r.device), Some(r.strategy.as_str()), "{input:?}: strategy_for");
     }
     let scrub_token = tokens.iter().rev().find_map(|t| t.strip_prefix("swiotlb.scrub="));
     assert_eq!(cfg.scrub, scrub_token.and_then(parse_bool).unwrap_or(false), "{input:?}: scrub");
@@ -201,7 +219,11 @@ pub fn render(cfg: &BootConfig) -> String {
         out.push(' ');
     }
     if let Some(s) = &cfg.strategy {
-        let _ = write!(out, "swiotlb.strategy={s} ");
+        let _ = write!(out, "swiotlb.strategy={s}");
+        for r in &cfg.routes {
+            let _ = write!(out, ",{}:{}", r.device, r.strategy);
+        }
+        out.push(' ');
     }
     let _ = write!(out, "swiotlb.scrub={} ", if cfg.scrub { "on" } else { "off" });
     for p in &cfg.params {
@@ -433,6 +455,9 @@ mod tests {
             "swiotlb",
             "swiotlb=65536 swiotlb=force",
             "swiotlb=force swiotlb=,4 swiotlb=noforce swiotlb=1024",
+            "swiotlb.strategy=legacy,virtio1:magazine,0000:00:05.0:dynamic",
+            "swiotlb.strategy=legacy,virtio1:magazine,virtio1:dynamic",
+            "swiotlb.strategy=legacy,virtio1 swiotlb.strategy=magazine,:legacy",
         ] {
             check(s);
         }

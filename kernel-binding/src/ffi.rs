@@ -781,7 +781,7 @@ pub unsafe extern "C" fn bounce_run_background(b: *const Bounce, report: *mut Bo
     // SAFETY: `b` is NULL or a live instance (caller).
     entry(unsafe { b.as_ref() }, "bounce_run_background", |inst| {
         let r = inst.bouncer().run_background();
-        let more = r.more || inst.bouncer().strategy().background_pending();
+        let more = r.more || inst.bouncer().background_pending();
         if !report.is_null() {
             let rep = BounceBackgroundReport {
                 buffers_added: r.buffers_added,
@@ -808,9 +808,7 @@ pub unsafe extern "C" fn bounce_run_background(b: *const Bounce, report: *mut Bo
 #[no_mangle]
 pub unsafe extern "C" fn bounce_background_pending(b: *const Bounce) -> c_int {
     // SAFETY: `b` is NULL or a live instance (caller).
-    entry(unsafe { b.as_ref() }, "bounce_background_pending", |inst| {
-        c_int::from(inst.bouncer().strategy().background_pending())
-    })
+    entry(unsafe { b.as_ref() }, "bounce_background_pending", |inst| c_int::from(inst.bouncer().background_pending()))
 }
 
 /// Walks the strategy's data structures and checks its invariants (every byte free, in

@@ -138,7 +138,7 @@ impl Bounce {
             .map_err(|_| CreateError::new(ENOMEM, format_args!("no memory for {cpus} per-CPU error slots")))?;
         errors.extend((0..cpus).map(|_| IrqMutex::new(ErrorSlot { errno: 0, msg: FixedBuf::new() })));
 
-        let strategy = AnyStrategy::from_boot(platform, &boot)
+        let (lanes, routes) = AnyStrategy::boot_lanes(&platform, &boot)
             .map_err(|e| CreateError::new(init_errno(&e), format_args!("strategy construction failed: {e}")))?;
         let options = BouncerOptions {
             timing: flags & BOUNCE_CREATE_TIMING != 0,
@@ -147,10 +147,11 @@ impl Bounce {
             trace: platform.has_trace(),
         };
         let mut name = [0u8; crate::abi::BOUNCE_NAME_MAX + 1];
-        let n = strategy.name();
+        let n = lanes[0].name();
         let take = n.len().min(crate::abi::BOUNCE_NAME_MAX);
         name[..take].copy_from_slice(&n.as_bytes()[..take]);
-        let bouncer = Bouncer::new(platform, strategy, options);
+        let bouncer = Bouncer::with_lanes(platform, lanes, &routes, options)
+            .map_err(|e| CreateError::new(init_errno(&e), format_args!("routing: {e}")))?;
         let inst = Self { bouncer, errors: errors.into_boxed_slice(), name, poisoned: AtomicBool::new(false) };
         try_box(inst).ok_or_else(|| CreateError::new(ENOMEM, format_args!("no memory for the instance")))
     }

@@ -37,9 +37,10 @@
 extern crate alloc;
 
 use alloc::format;
+use alloc::vec::Vec;
 use core::fmt;
 
-use bounce_framework::{BootConfig, InitError, Platform, Strategy, TestProfile};
+use bounce_framework::{BootConfig, Bouncer, BouncerOptions, InitError, LaneRoutes, Platform, Strategy, TestProfile};
 
 pub use bounce_dynamic::Dynamic;
 pub use bounce_legacy::Legacy;
@@ -192,6 +193,38 @@ strategies! {
     Dynamic(bounce_dynamic::Dynamic, "dynamic", "size classes refilled and shrunk in the background by kccd, memory that follows demand"),
     Magazine(bounce_magazine::Magazine, "magazine", "per-CPU magazines of ready shared buffers over the dynamic size-class pools"),
     Bitmap(bounce_bitmap::Bitmap, "bitmap", "Linux's pool and placements, free slots in a bitmap instead of per-slot free counts"),
+}
+
+impl<P: Platform> AnyStrategy<P> {
+    /// The strategy instances the command line asks for, with the device routes
+    /// between them, for [`Bouncer::with_lanes`]: lane 0 is the default strategy
+    /// ([`AnyStrategy::from_boot`]); every other strategy a route names gets one
+    /// instance of its own (its own pool and statistics), shared by every device routed
+    /// to it. A route naming the default strategy maps through lane 0.
+    ///
+    /// # Errors
+    /// As [`AnyStrategy::from_boot`], for any of the instances.
+    pub fn boot_lanes(platform: &P, boot: &BootConfig) -> Result<(Vec<Self>, LaneRoutes), InitError> {
+        let (configs, routes) = boot.lanes();
+        let mut lanes = Vec::with_capacity(configs.len());
+        for c in &configs {
+            lanes.push(Self::from_boot(platform.clone(), c)?);
+        }
+        Ok((lanes, routes))
+    }
+
+    /// A bouncer over the instances and routes of [`AnyStrategy::boot_lanes`].
+    ///
+    /// # Errors
+    /// As [`AnyStrategy::boot_lanes`] and [`Bouncer::with_lanes`].
+    pub fn boot_bouncer(
+        platform: P,
+        boot: &BootConfig,
+        options: BouncerOptions,
+    ) -> Result<Bouncer<P, Self>, InitError> {
+        let (lanes, routes) = Self::boot_lanes(&platform, boot)?;
+        Bouncer::with_lanes(platform, lanes, &routes, options)
+    }
 }
 
 /// The strategy booted when the command line names none: `legacy`, Linux's own

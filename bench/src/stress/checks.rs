@@ -40,6 +40,28 @@ pub(super) fn final_checks<S: Strategy>(
     if snap.maps != snap.unmaps {
         p.push(format!("{} maps but {} unmaps after the drain", snap.maps, snap.unmaps));
     }
+    // Per device: the devices' counters add up to the totals, and each device ends with
+    // as many unmaps as maps and nothing in flight.
+    let devices = bouncer.device_stats();
+    let sum = |f: fn(&bounce_framework::BounceSnapshot) -> u64| devices.iter().map(|d| f(&d.stats)).sum::<u64>();
+    for (what, per_device, total) in [
+        ("maps", sum(|s| s.maps), snap.maps),
+        ("unmaps", sum(|s| s.unmaps), snap.unmaps),
+        ("bytes to bounce", sum(|s| s.bytes_to_bounce), snap.bytes_to_bounce),
+        ("bytes from bounce", sum(|s| s.bytes_from_bounce), snap.bytes_from_bounce),
+    ] {
+        if per_device != total {
+            p.push(format!("statistics: the devices count {per_device} {what} between them, the totals {total}"));
+        }
+    }
+    for d in &devices {
+        if d.stats.maps != d.stats.unmaps || d.stats.inflight_bytes != 0 {
+            p.push(format!(
+                "device {}: {} maps, {} unmaps, {} bytes in flight after the drain",
+                d.name, d.stats.maps, d.stats.unmaps, d.stats.inflight_bytes
+            ));
+        }
+    }
     if snap.inflight_bytes != 0 {
         p.push(format!("{} bytes still in flight after the drain", snap.inflight_bytes));
     }

@@ -438,7 +438,7 @@ struct Worker<'a, S: Strategy> {
 fn run_one<S: Strategy + 'static>(
     cfg: &StressConfig,
     name: &'static str,
-    build: impl FnOnce(SimGuest, &BootConfig) -> Result<S, InitError>,
+    build: impl Fn(SimGuest, &BootConfig) -> Result<S, InitError>,
 ) -> Result<StressReport, RunError> {
     let mut plan = Workload::Mixed.plan(cfg.threads, STREAM_LEN, cfg.seed, true);
     plan.name = "stress".into();
@@ -454,7 +454,7 @@ fn run_one<S: Strategy + 'static>(
     let shared = Shared {
         bouncer: bouncer.clone(),
         guest: guest.clone(),
-        devices: plan.devices.iter().map(|d| SimDevice::new(&guest, d.device)).collect(),
+        devices: crate::engine::attached_devices(&bouncer, &plan),
         plan,
         slot_bytes,
         gate: Gate::new(cfg.threads),
