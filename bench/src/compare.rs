@@ -376,7 +376,8 @@ pub fn reserve_release_ns<S: Strategy>(bouncer: &bounce_framework::Bouncer<SimGu
 pub fn map_unmap_ns<S: Strategy>(bouncer: &bounce_framework::Bouncer<SimGuest, S>, size: usize, n: u32) -> f64 {
     let guest = bouncer.platform().clone();
     let orig = guest.alloc_private(size).expect("guest memory for the copy-limit buffer");
-    let dev = bounce_framework::Device::new("copy-limit");
+    let mut dev = bounce_framework::Device::new("copy-limit");
+    bouncer.attach(&mut dev);
     let round = || {
         let t = Instant::now();
         for _ in 0..n {

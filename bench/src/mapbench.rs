@@ -275,7 +275,8 @@ impl StrategyVisitor<bounce_framework::sim::SimGuest> for MapBench<'_> {
                 MapBenchError::Einval(e.to_string())
             }
         })?;
-        let dev = Device::new("dma_map_benchmark").with_dma_bits(u32::try_from(p.bits).unwrap_or(64));
+        let mut dev = Device::new("dma_map_benchmark").with_dma_bits(u32::try_from(p.bits).unwrap_or(64));
+        bouncer.attach(&mut dev);
         let guest = bouncer.platform().clone();
         if !dma_direct_supported(dev.dma_mask, guest.end().0) {
             return Err(MapBenchError::Einval(format!("failed to set dma_mask on device {}", dev.name())));

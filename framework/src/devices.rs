@@ -43,6 +43,7 @@ pub fn fail_size_bucket(size: usize) -> usize {
     FAIL_SIZE_BOUNDS.iter().position(|&b| size <= b).unwrap_or(FAIL_SIZE_BOUNDS.len() - 1)
 }
 
+const WORDS: usize = DEVICE_NAME_MAX / 8;
 const FREE: u32 = 0;
 /// `state` of a claimed slot: `READY | name length`.
 const READY: u32 = 1 << 16;
@@ -51,7 +52,8 @@ const READY: u32 = 1 << 16;
 struct Slot {
     /// 0 while free; `READY | len` once the name below is written (Release).
     state: AtomicU32,
-    name: [AtomicU8; DEVICE_NAME_MAX],
+    /// The name, zero padded, as [`Device::name_words`] gives it.
+    name: [AtomicU64; WORDS],
     lane: AtomicU8,
     stats: BounceStats,
     /// Failures by [`FAIL_SIZE_BOUNDS`] bucket (cold: not sharded).
@@ -62,27 +64,31 @@ impl Slot {
     fn new(cpus: usize) -> Self {
         Self {
             state: AtomicU32::new(FREE),
-            name: core::array::from_fn(|_| AtomicU8::new(0)),
+            name: core::array::from_fn(|_| AtomicU64::new(0)),
             lane: AtomicU8::new(0),
             stats: BounceStats::with_shards(cpus),
             fail_sizes: core::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 
-    /// Whether the slot is claimed by `name`.
+    /// Whether the slot is claimed by the device named `words` (`len` bytes).
     #[inline]
-    fn is(&self, name: &[u8]) -> bool {
+    fn is(&self, words: &[u64; WORDS], len: usize) -> bool {
         let s = self.state.load(Ordering::Acquire);
         s & READY != 0
-            && (s & 0xffff) as usize == name.len()
-            && self.name.iter().zip(name).all(|(a, &b)| a.load(Ordering::Relaxed) == b)
+            && (s & 0xffff) as usize == len
+            && self.name.iter().zip(words).all(|(a, &b)| a.load(Ordering::Relaxed) == b)
     }
 
     fn name(&self) -> Option<String> {
         let s = self.state.load(Ordering::Acquire);
         (s & READY != 0).then(|| {
-            let bytes: alloc::vec::Vec<u8> =
-                self.name[..(s & 0xffff) as usize].iter().map(|b| b.load(Ordering::Relaxed)).collect();
+            let bytes: alloc::vec::Vec<u8> = self
+                .name
+                .iter()
+                .flat_map(|w| w.load(Ordering::Relaxed).to_le_bytes())
+                .take((s & 0xffff) as usize)
+                .collect();
             String::from_utf8_lossy(&bytes).into_owned()
         })
     }
@@ -147,9 +153,9 @@ impl<R: RawIrqLock> DeviceTable<R> {
             routes: routes.iter().map(|(n, l)| (n.clone(), *l)).collect(),
             register: IrqMutex::new(()),
         };
-        t.claim(DEVICE_SLOTS - 1, OVERFLOW_DEVICE.as_bytes(), 0);
+        t.claim(DEVICE_SLOTS - 1, &Device::new(OVERFLOW_DEVICE), 0);
         for (i, (name, lane)) in routes.iter().enumerate() {
-            t.claim(i, name.as_bytes(), *lane);
+            t.claim(i, &Device::new(name), *lane);
         }
         t
     }
@@ -179,19 +185,19 @@ impl<R: RawIrqLock> DeviceTable<R> {
         self.id
     }
 
-    fn claim(&self, i: usize, name: &[u8], lane: u8) {
+    fn claim(&self, i: usize, dev: &Device, lane: u8) {
         let s = &self.slots[i];
-        for (a, &b) in s.name.iter().zip(name) {
+        for (a, b) in s.name.iter().zip(dev.name_words()) {
             a.store(b, Ordering::Relaxed);
         }
         s.lane.store(lane, Ordering::Relaxed);
         // Publishes the name and lane to `Slot::is`'s acquire load.
-        s.state.store(READY | name.len() as u32, Ordering::Release);
+        s.state.store(READY | dev.name_len() as u32, Ordering::Release);
     }
 
     /// The lane the command line gives `name` (0 when it names none).
-    fn lane_for(&self, name: &[u8]) -> u8 {
-        self.routes.iter().find(|(n, _)| n.as_bytes() == name).map_or(0, |(_, l)| *l)
+    fn lane_for(&self, name: &str) -> u8 {
+        self.routes.iter().find(|(n, _)| n == name).map_or(0, |(_, l)| *l)
     }
 
     /// The route of `dev`: from its attachment when it is to this table, else by name,
@@ -206,14 +212,15 @@ impl<R: RawIrqLock> DeviceTable<R> {
         if a.table == self.id {
             return a.route;
         }
-        self.lookup(dev.name().as_bytes())
+        self.lookup(dev)
     }
 
-    fn lookup(&self, name: &[u8]) -> DeviceRoute {
+    fn lookup(&self, dev: &Device) -> DeviceRoute {
+        let (words, len) = (dev.name_words(), dev.name_len());
         let found = |slots: &[Slot]| {
             slots
                 .iter()
-                .position(|s| s.is(name))
+                .position(|s| s.is(&words, len))
                 .map(|i| DeviceRoute { slot: i as u8, lane: slots[i].lane.load(Ordering::Relaxed) })
         };
         if let Some(r) = found(&self.slots) {
@@ -223,10 +230,10 @@ impl<R: RawIrqLock> DeviceTable<R> {
         if let Some(r) = found(&self.slots) {
             return r;
         }
-        let lane = self.lane_for(name);
+        let lane = self.lane_for(dev.name());
         match self.slots[..DEVICE_SLOTS - 1].iter().position(|s| s.state.load(Ordering::Relaxed) == FREE) {
             Some(i) => {
-                self.claim(i, name, lane);
+                self.claim(i, dev, lane);
                 DeviceRoute { slot: i as u8, lane }
             }
             // Full: the overflow slot counts it, but the route still holds.

@@ -183,6 +183,23 @@ impl Device {
         core::str::from_utf8(&self.name[..usize::from(self.name_len)]).unwrap_or("?")
     }
 
+    /// The name's length in bytes.
+    #[inline]
+    pub(crate) fn name_len(&self) -> usize {
+        usize::from(self.name_len)
+    }
+
+    /// The name as four little-endian words, zero padded (how the device table stores
+    /// and compares names: four loads, not one per byte).
+    #[inline]
+    pub fn name_words(&self) -> [u64; DEVICE_NAME_MAX / 8] {
+        core::array::from_fn(|i| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&self.name[i * 8..i * 8 + 8]);
+            u64::from_le_bytes(w)
+        })
+    }
+
     /// The `min_align_mask` rounded up to a whole slot, as `swiotlb_max_mapping_size()`
     /// subtracts it (`roundup(min_align_mask, IO_TLB_SIZE)`): 0 without a mask.
     pub fn min_align_slot_bytes(&self) -> usize {
