@@ -45,7 +45,8 @@ impl StrategyVisitor<bounce_framework::sim::SimGuest> for Benches<'_> {
     type Output = ();
 
     fn visit<S: Strategy + 'static>(&mut self, name: &'static str, ctor: Ctor<S>) {
-        let machine = Machine { platform: PlatformKind::Tdx, memory: 2 << 30, boot: BootConfig::default() };
+        let machine =
+            Machine { platform: PlatformKind::Tdx, memory: 2 << 30, boot: BootConfig::default(), lanes: None };
         let plan = fixed_size_plan(4096, 2, 1, true);
         let bouncer = boot(ctor, name, &machine, &plan, BouncerOptions::default())
             .unwrap_or_else(|e| panic!("{name} does not boot: {e}"));

@@ -218,9 +218,20 @@ pub struct CompareArgs {
     #[arg(long)]
     pub no_copy_limit: bool,
     /// Run every (strategy, workload, threads) this many times, strategies alternating,
-    /// and report the median round (for noisy machines).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=99))]
-    pub rounds: u32,
+    /// and report the median round (for noisy machines) [default: 1; with --ab: 5].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=99))]
+    pub rounds: Option<u32>,
+    /// A/B in one guest: two strategies, A,B (the same twice is an A/A run), each its own
+    /// instance, running the workload at the same time. Every device is split into two
+    /// identical copies, `<device>.a` on A and `<device>.b` on B, each issued the same
+    /// half of the device's requests with half its queue depth; the table shows each
+    /// side's median over the rounds (maps/s, metadata and copy ns per map+unmap,
+    /// failures, in-flight and shared-memory peaks), the median B/A ratio and its spread
+    /// (lowest..highest round). The sides share the threads, so their maps/s differ only
+    /// by failed maps: speed shows in the ns columns. Not with --strategies or with
+    /// swiotlb.strategy= in --cmdline.
+    #[arg(long, value_name = "A,B", value_delimiter = ',', value_parser = registry::parse_strategy, conflicts_with = "strategies")]
+    pub ab: Vec<StrategyKind>,
 }
 
 /// `bounce replay`.
@@ -382,7 +393,7 @@ failure_from!(String, crate::engine::RunError, crate::mapbench::MapBenchError, c
 
 fn machine(platform: PlatformArg, memory: usize, cmdline: &str) -> Result<Machine, Failure> {
     let boot = registry::parse_cmdline(cmdline).map_err(|e| Failure { message: format!("--cmdline: {e}"), code: 2 })?;
-    Ok(Machine { platform: platform.kind(), memory, boot })
+    Ok(Machine { platform: platform.kind(), memory, boot, lanes: None })
 }
 
 /// `v`, baseline first (so ratios and tables read top-down), each once.
@@ -425,6 +436,7 @@ fn command_line() -> String {
 fn problems(res: &CompareResults) -> Vec<String> {
     res.results
         .iter()
+        .chain(res.ab.iter().map(|r| &r.record))
         .filter_map(|r| r.problem.as_ref().map(|p| format!("{} on {}: {p}", r.strategy, r.workload)))
         .collect()
 }
@@ -476,11 +488,35 @@ fn write_plots(dir: &Path, res: &CompareResults, platform: PlatformArg) -> Resul
     Ok(plots)
 }
 
+/// The `--ab` pair, checked against the rest of the command line (usage errors, exit 2).
+fn ab_pair(a: &CompareArgs, machine: &Machine) -> Result<Option<[StrategyKind; 2]>, Failure> {
+    if a.ab.is_empty() {
+        return Ok(None);
+    }
+    let usage = |message: String| Failure { message, code: 2 };
+    let &[x, y] = a.ab.as_slice() else {
+        return Err(usage(format!(
+            "--ab takes exactly two strategy names, A,B (e.g. --ab legacy,magazine, or --ab magazine,magazine for an A/A run), not {}",
+            a.ab.len()
+        )));
+    };
+    if !machine.boot.routes.is_empty() {
+        return Err(usage(
+            "--ab routes the devices itself (<device>.a to A, <device>.b to B); drop the device routes from --cmdline's swiotlb.strategy=".into(),
+        ));
+    }
+    if let Some(s) = &machine.boot.strategy {
+        return Err(usage(format!("--ab names both strategies; drop swiotlb.strategy={s} from --cmdline")));
+    }
+    Ok(Some([x, y]))
+}
+
 fn run_compare(a: &CompareArgs) -> Result<(), Failure> {
     let machine = machine(a.run.platform, a.run.memory, &a.run.cmdline)?;
-    // Per-device routes on --cmdline: the routed row (every device through its
-    // strategy), unless rows are named.
-    let strategies = if !machine.boot.routes.is_empty() && a.run.strategies.is_empty() {
+    let ab = ab_pair(a, &machine)?;
+    // Per-device routes on --cmdline (or --ab's own): the routed row (every device
+    // through its strategy), unless rows are named.
+    let strategies = if ab.is_some() || (!machine.boot.routes.is_empty() && a.run.strategies.is_empty()) {
         vec![Runnable::Routed]
     } else {
         runnables_or_all(&a.run.strategies)
@@ -493,6 +529,7 @@ fn run_compare(a: &CompareArgs) -> Result<(), Failure> {
         Some(n) => (Limit::Ops(n), Limit::Ops(n)),
         None => (Limit::Duration(a.duration), Limit::Duration((a.duration / 4).max(Duration::from_millis(100)))),
     };
+    let default_rounds = if ab.is_some() { crate::ab::AB_ROUNDS } else { 1 };
     let cfg = CompareConfig {
         strategies,
         workloads,
@@ -503,9 +540,10 @@ fn run_compare(a: &CompareArgs) -> Result<(), Failure> {
         seed: a.seed,
         verify: a.run.verify,
         atomic: a.run.atomic,
-        sweep: a.run.out.is_some(),
-        copy_limit: !a.no_copy_limit,
-        rounds: a.rounds as usize,
+        // The sweep and the copy limit measure one strategy at a time: not A/B.
+        sweep: ab.is_none() && a.run.out.is_some(),
+        copy_limit: ab.is_none() && !a.no_copy_limit,
+        rounds: a.rounds.map_or(default_rounds, |r| r as usize),
     };
     let progress = Progress::new(phase_count(&cfg), !a.run.no_progress && std::io::stderr().is_terminal());
     let mut print = |recs: &[Record]| {
@@ -517,7 +555,16 @@ fn run_compare(a: &CompareArgs) -> Result<(), Failure> {
             }
         }
     };
-    let res = compare(&cfg, &progress, &mut print)?;
+    let mut print_ab = |r: &crate::ab::AbResult| {
+        let devices = report::device_table(std::slice::from_ref(&r.record)).unwrap_or_default();
+        let (heading, table) = (crate::ab::heading(r), crate::ab::text_table(r));
+        let text = format!("\n== {} == A/B in one guest: {heading}\n{table}{devices}", r.workload);
+        progress.println(text.trim_end());
+    };
+    let res = match ab {
+        Some(pair) => crate::ab::run_ab(&cfg, pair, &progress, &mut print_ab)?,
+        None => compare(&cfg, &progress, &mut print)?,
+    };
     progress.finish();
     if !res.copy_limit.is_empty() {
         println!(
@@ -536,13 +583,16 @@ fn run_compare(a: &CompareArgs) -> Result<(), Failure> {
             );
         }
     }
-    let targets = report::targets(&res);
+    // The targets are about strategies each on its own: not measured by an A/B run.
+    let targets = if ab.is_some() { Vec::new() } else { report::targets(&res) };
     if let Some(c) = res.clock {
         println!("\n{}", report::clock_text(&c));
     }
-    println!("\n== targets ==\n{}", report::targets_text(&targets));
+    if ab.is_none() {
+        println!("\n== targets ==\n{}", report::targets_text(&targets));
+    }
     let descriptions = cfg.workloads.iter().map(|w| (w.name().to_string(), w.description().to_string())).collect();
-    let settings = vec![
+    let mut settings = vec![
         format!("platform: {} (conversions spin for real)", a.run.platform.kind().name()),
         format!("guest RAM: {} (grown when a workload's own buffers need it)", report::bytes(a.run.memory as u64)),
         format!(
@@ -559,7 +609,11 @@ fn run_compare(a: &CompareArgs) -> Result<(), Failure> {
         },
         format!("data verified through the device model: {}", if cfg.verify { "yes" } else { "no (use --verify)" }),
     ];
-    let mut settings = settings;
+    if let Some([x, y]) = ab {
+        settings.push(format!(
+            "A/B in one guest: A = {x} (lane 0, the .a copy of every device), B = {y} (lane 1, the .b copies), each copy half of its device's requests"
+        ));
+    }
     if let Some(c) = res.clock {
         settings.push(report::clock_text(&c));
     }
@@ -648,7 +702,13 @@ fn run_replay(a: &ReplayArgs) -> Result<(), Failure> {
     fill_ratios(&mut records, registry::BASELINE.name());
     progress.finish();
     println!("\n== {name} ==\n{}", report::text_table(&records));
-    let results = CompareResults { results: records, copy_limit: Vec::new(), sweeps: Vec::new(), clock: Some(clock) };
+    let results = CompareResults {
+        results: records,
+        copy_limit: Vec::new(),
+        sweeps: Vec::new(),
+        clock: Some(clock),
+        ab: Vec::new(),
+    };
     let settings = vec![
         format!("trace: {} ({} events)", a.file.display(), trace.events.len()),
         format!("platform: {}", a.run.platform.kind().name()),

@@ -118,6 +118,8 @@ pub struct CompareResults {
     pub sweeps: Vec<Sweep>,
     /// The clock overhead taken out of the timing phases.
     pub clock: Option<ClockCost>,
+    /// The A/B runs (`--ab`), one per (workload, threads).
+    pub ab: Vec<crate::ab::AbResult>,
 }
 
 /// A progress bar on stderr that appears once a run has taken more than a second.
@@ -220,6 +222,17 @@ fn stream_len(limit: Limit, threads: usize) -> usize {
     }
 }
 
+/// The plan of workload `w` on `threads` threads for a phase of length `limit`, as
+/// `cfg` asks for it (seed, `--atomic`).
+pub fn workload_plan(cfg: &CompareConfig, w: Workload, threads: usize, limit: Limit) -> Plan {
+    let plan = w.plan(threads, stream_len(limit, threads), cfg.seed, true);
+    if cfg.atomic {
+        plan.atomic()
+    } else {
+        plan
+    }
+}
+
 /// Runs the comparison. `report` is called with the records of each finished workload
 /// (for printing tables as they complete).
 ///
@@ -234,10 +247,7 @@ pub fn compare(
     let mut all = Vec::new();
     for &threads in &cfg.threads {
         for &w in &cfg.workloads {
-            let build = |limit| {
-                let plan = w.plan(threads, stream_len(limit, threads), cfg.seed, true);
-                Arc::new(if cfg.atomic { plan.atomic() } else { plan })
-            };
+            let build = |limit| Arc::new(workload_plan(cfg, w, threads, limit));
             let (plan, timing_plan) = (build(cfg.limit), build(cfg.timing_limit));
             let platform = cfg.machine.platform.name();
             let meta = RunMeta { workload: w.name(), threads, platform, seed: cfg.seed, verified: cfg.verify };
@@ -315,7 +325,7 @@ pub fn compare(
             .collect();
         sweeps.push(Sweep { strategy: "memcpy".into(), threads, points });
     }
-    Ok(CompareResults { results: all, copy_limit, sweeps, clock: Some(clock) })
+    Ok(CompareResults { results: all, copy_limit, sweeps, clock: Some(clock), ab: Vec::new() })
 }
 
 /// Progress-bar length of a compare run.

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use bounce_framework::sim::{set_current_cpu, PlatformKind, SimConfig, SimDevice, SimGuest};
 use bounce_framework::{
     BackgroundReport, BootConfig, BounceSnapshot, Bouncer, BouncerOptions, ConversionStats, DeviceSnapshot, DmaAddr,
-    DmaAttrs, DmaDirection, InitError, PhysAddr, Platform, PoolStats, Strategy, PAGE_SIZE,
+    DmaAttrs, DmaDirection, InitError, LaneRoutes, PhysAddr, Platform, PoolStats, Strategy, PAGE_SIZE,
 };
 use crossbeam_queue::ArrayQueue;
 use hdrhistogram::Histogram;
@@ -56,9 +56,28 @@ pub struct Machine {
     pub memory: usize,
     /// The boot command line the strategies read.
     pub boot: BootConfig,
+    /// Strategy instances and device routes the bench sets itself (`compare --ab`: two
+    /// instances even of one strategy); `None`: those of `boot`'s per-device routes.
+    pub lanes: Option<Lanes>,
+}
+
+/// Strategy instances (lanes) and the devices routed to them, as a boot's per-device
+/// routes give them ([`BootConfig::lanes`]) but chosen by the bench.
+#[derive(Clone, Debug, Default)]
+pub struct Lanes {
+    /// One boot configuration per instance, lane 0 (every unrouted device's) first.
+    pub configs: Vec<BootConfig>,
+    /// `(device name, lane)` per routed device.
+    pub routes: LaneRoutes,
 }
 
 impl Machine {
+    /// The strategy instances to boot and the routes between them: the `lanes` field
+    /// when set, else `boot`'s ([`BootConfig::lanes`]).
+    pub fn lanes(&self) -> (Vec<BootConfig>, LaneRoutes) {
+        self.lanes.as_ref().map_or_else(|| self.boot.lanes(), |l| (l.configs.clone(), l.routes.clone()))
+    }
+
     /// The guest RAM a plan runs with: `memory`, or more when the workload's buffers
     /// would take over half of it.
     pub fn memory_for(&self, plan: &Plan) -> usize {
@@ -112,6 +131,8 @@ pub struct PhaseResult {
     pub snapshot: BounceSnapshot,
     /// The same per device, with the strategy instance (lane) each maps through.
     pub devices: Vec<(DeviceSnapshot, &'static str)>,
+    /// Per strategy instance (lane), the default first.
+    pub lanes: Vec<LaneResult>,
     /// Pool statistics at the end.
     pub pool: PoolStats,
     /// Conversions before the workers started (boot and settling).
@@ -142,6 +163,22 @@ pub struct PhaseResult {
     pub timing: Vec<TimingSample>,
 }
 
+/// One strategy instance's (lane's) share of a phase.
+#[derive(Clone, Debug)]
+pub struct LaneResult {
+    /// The strategy.
+    pub strategy: &'static str,
+    /// DMA-API counters of the devices it served ([`Bouncer::lane_stats`]: the in-flight
+    /// peak is the sum of their peaks).
+    pub snapshot: BounceSnapshot,
+    /// Its own pool statistics.
+    pub pool: PoolStats,
+    /// Copies the bouncer made for its devices.
+    pub copies: u64,
+    /// Its devices' cumulative timing at every sample (timing phases only).
+    pub timing: Vec<TimingSample>,
+}
+
 /// The bouncer's cumulative timing counters at one sample.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TimingSample {
@@ -153,6 +190,13 @@ pub struct TimingSample {
     pub copy_ns: u64,
     /// Unmaps so far (completed pairs).
     pub unmaps: u64,
+}
+
+impl TimingSample {
+    /// The timing counters of `s`.
+    pub const fn of(s: &BounceSnapshot) -> Self {
+        Self { timed_ops: s.timed_ops, op_ns: s.op_ns, copy_ns: s.copy_ns, unmaps: s.unmaps }
+    }
 }
 
 /// Why a run could not be made.
@@ -334,7 +378,8 @@ struct WorkerOut {
     attempted: u64,
     maps: u64,
     pairs: u64,
-    copies: u64,
+    /// Copies per plan device.
+    copies: Vec<u64>,
     data_errors: u64,
     unmap_errors: u64,
     first_error: Option<String>,
@@ -394,7 +439,7 @@ impl<'a, S: Strategy> Worker<'a, S> {
                 attempted: 0,
                 maps: 0,
                 pairs: 0,
-                copies: 0,
+                copies: vec![0; n],
                 data_errors: 0,
                 unmap_errors: 0,
                 first_error: None,
@@ -452,7 +497,8 @@ impl<'a, S: Strategy> Worker<'a, S> {
         let sample = self.out.attempted % LATENCY_SAMPLE_EVERY == 1;
         let t0 = sample.then(Instant::now);
         let attrs = if spec.may_block { DmaAttrs::NO_WARN | DmaAttrs::MAY_BLOCK } else { DmaAttrs::NO_WARN };
-        let r = sh.bouncer.map_single(&spec.device, orig, size, op.dir, attrs);
+        // The attached device: its route was resolved once, at attach.
+        let r = sh.bouncer.map_single(sh.devices[d].device(), orig, size, op.dir, attrs);
         let map_ns = t0.map(|t| t.elapsed().as_nanos() as u64);
         if op.cpu.is_some() {
             set_current_cpu(Some(self.home_cpu()));
@@ -460,7 +506,7 @@ impl<'a, S: Strategy> Worker<'a, S> {
         let Ok(dma) = r else { return None };
         self.seqs[d] += 1;
         self.out.maps += 1;
-        self.out.copies += 1;
+        self.out.copies[d] += 1;
         if sh.verify {
             self.device_side(d, dma, op, seq);
         }
@@ -511,12 +557,13 @@ impl<'a, S: Strategy> Worker<'a, S> {
 
     fn unmap(&mut self, l: Live) {
         let sh = self.sh;
-        let spec = &sh.plan.devices[usize::from(l.device)];
+        let d = usize::from(l.device);
+        let dev = sh.devices[d].device();
         if let Some(cpu) = l.cpu {
             set_current_cpu(Some(usize::from(cpu) % sh.cpus));
         }
         let t0 = l.map_ns.map(|_| Instant::now());
-        let r = sh.bouncer.unmap_single(&spec.device, l.dma, l.size as usize, l.dir, DmaAttrs::empty());
+        let r = sh.bouncer.unmap_single(dev, l.dma, l.size as usize, l.dir, DmaAttrs::empty());
         let unmap_ns = t0.map(|t| t.elapsed().as_nanos() as u64);
         if l.cpu.is_some() {
             set_current_cpu(Some(self.home_cpu()));
@@ -528,7 +575,7 @@ impl<'a, S: Strategy> Worker<'a, S> {
         }
         self.out.pairs += 1;
         if l.dir.from_device() {
-            self.out.copies += 1;
+            self.out.copies[d] += 1;
         }
         if let (Some(m), Some(u)) = (l.map_ns, unmap_ns) {
             self.out.latency.saturating_record((m + u).max(1));
@@ -542,7 +589,7 @@ impl<'a, S: Strategy> Worker<'a, S> {
                 let at = got.iter().zip(&want).position(|(a, b)| a != b).unwrap_or(0);
                 self.error(format!(
                     "{}: original at {} holds wrong data after unmap ({}), first difference at byte {at}",
-                    spec.device.name(),
+                    dev.name(),
                     l.orig,
                     l.dir
                 ));
@@ -743,9 +790,9 @@ pub fn boot<S: Strategy + 'static>(
 ) -> Result<Arc<Bouncer<SimGuest, S>>, RunError> {
     let guest = make_guest(machine, plan);
     let init = |source| RunError::Init { strategy: name.into(), source };
-    // Per-device routes on --cmdline: one instance per strategy they name
-    // (`BootConfig::lanes`), each built by `ctor` from its own command line.
-    let (configs, routes) = machine.boot.lanes();
+    // Per-device routes on --cmdline, or the bench's own (`Machine::lanes`): one
+    // instance per lane, each built by `ctor` from its own command line.
+    let (configs, routes) = machine.lanes();
     // A concrete strategy type builds only its own instances: routes to another
     // strategy need the routed row (every registry strategy behind one type).
     if name != crate::registry::ROUTED {
@@ -854,6 +901,9 @@ pub fn run_phase<S: Strategy + 'static>(
     shared.start.wait();
     let t0 = Instant::now();
     let mut timing = Vec::new();
+    // Per lane too, when there is more than one (else the same as `timing`).
+    let lane_count = bouncer.lanes().len();
+    let mut lane_timing: Vec<Vec<TimingSample>> = vec![Vec::new(); lane_count];
     let mut sample = |timeline: &mut Vec<Sample>| {
         let pool = bouncer.pool_stats();
         let snap = bouncer.stats();
@@ -865,12 +915,12 @@ pub fn run_phase<S: Strategy + 'static>(
             conversion_calls: pool.conversions.calls(),
         });
         if opts.timing {
-            timing.push(TimingSample {
-                timed_ops: snap.timed_ops,
-                op_ns: snap.op_ns,
-                copy_ns: snap.copy_ns,
-                unmaps: snap.unmaps,
-            });
+            timing.push(TimingSample::of(&snap));
+            if lane_count > 1 {
+                for (l, t) in lane_timing.iter_mut().enumerate() {
+                    t.push(TimingSample::of(&bouncer.lane_stats(l)));
+                }
+            }
         }
     };
     sample(&mut timeline);
@@ -894,7 +944,37 @@ pub fn run_phase<S: Strategy + 'static>(
     let wall = measured_wall(&results, plan.burst.is_some(), cycles);
     let snapshot = bouncer.stats();
     let pool = bouncer.pool_stats();
+    if lane_count == 1 {
+        lane_timing[0].clone_from(&timing);
+    }
     let lanes = bouncer.lanes();
+    // Copies per plan device, then per lane (the one each device is routed to).
+    let mut device_copies = vec![0u64; plan.devices.len()];
+    for o in &results {
+        for (sum, n) in device_copies.iter_mut().zip(&o.copies) {
+            *sum += n;
+        }
+    }
+    let mut lane_copies = vec![0u64; lanes.len()];
+    for (dev, n) in shared.devices.iter().zip(device_copies) {
+        // A device no instance serves (a native route) has no lane to count in.
+        if let Some(sum) = lane_copies.get_mut(usize::from(bouncer.route(dev.device()).lane)) {
+            *sum += n;
+        }
+    }
+    let lane_results = lanes
+        .iter()
+        .zip(lane_timing)
+        .zip(lane_copies)
+        .enumerate()
+        .map(|(l, ((s, timing), copies))| LaneResult {
+            strategy: s.name(),
+            snapshot: bouncer.lane_stats(l),
+            pool: s.stats(),
+            copies,
+            timing,
+        })
+        .collect();
     let devices = bouncer
         .device_stats()
         .into_iter()
@@ -918,6 +998,7 @@ pub fn run_phase<S: Strategy + 'static>(
         copies: 0,
         snapshot,
         devices,
+        lanes: lane_results,
         pool,
         conv_before,
         latency: new_histogram(),
@@ -937,7 +1018,7 @@ pub fn run_phase<S: Strategy + 'static>(
         res.attempted += o.attempted;
         res.maps += o.maps;
         res.pairs += o.pairs;
-        res.copies += o.copies;
+        res.copies += o.copies.iter().sum::<u64>();
         res.data_errors += o.data_errors;
         res.unmap_errors += o.unmap_errors;
         if res.first_error.is_none() {

@@ -9,6 +9,8 @@
 //!   spin for real), with a refill thread, memory sampling and sampled latencies.
 //! - [`compare`], [`record`], [`report`], [`plot`]: `bounce compare` — tables, targets,
 //!   JSON, `report.md` and SVG plots.
+//! - [`ab`]: `bounce compare --ab A,B` — two strategy instances side by side in one
+//!   guest, every device split between them, B/A per round.
 //! - [`replay`]: `bounce replay` — `swiotlb_bounced` ftrace traces.
 //! - [`mapbench`]: `bounce map-bench` — the kernel's `dma_map_benchmark`.
 //! - [`stress`]: `bounce stress` — every strategy under full-rate concurrent load with
@@ -21,6 +23,7 @@
 // below 2^52.
 #![allow(clippy::cast_precision_loss, reason = "statistics convert counters to f64")]
 
+pub mod ab;
 pub mod cli;
 pub mod compare;
 pub mod engine;

@@ -3,9 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use bounce_framework::FailureReason;
+use bounce_framework::{BounceSnapshot, FailureReason, PoolStats};
 
-use crate::engine::{ClockCost, PhaseResult, Sample};
+use crate::engine::{ClockCost, LaneResult, PhaseResult, Sample, TimingSample};
 
 /// One measured (strategy, workload, threads) combination.
 ///
@@ -146,6 +146,15 @@ pub struct DeviceRecord {
     pub inflight_bytes_peak: u64,
 }
 
+/// Peak shared memory of a pool: the most it converted at once, or what the timeline
+/// saw if more, or its capacity when it counts no conversions.
+pub fn shared_peak(pool: &PoolStats, timeline_peak: u64) -> u64 {
+    match pool.conversions.shared_bytes_peak.max(timeline_peak) {
+        0 => pool.capacity_bytes as u64,
+        peak => peak,
+    }
+}
+
 /// Conversion calls from the first timeline sample at or after `t_ms` to the last, when
 /// the run lasted at least half as long again.
 fn calls_after(timeline: &[Sample], t_ms: f64) -> Option<u64> {
@@ -203,10 +212,7 @@ impl Record {
         let (metadata_mean, copy_mean, _) = b.map_or((0.0, 0.0, 0), |b| split_mean(b, clock));
         let conv = a.pool.conversions;
         let timeline_peak = a.timeline.iter().map(|s| s.shared_bytes).max().unwrap_or(0);
-        let mut shared_peak = conv.shared_bytes_peak.max(timeline_peak);
-        if shared_peak == 0 {
-            shared_peak = a.pool.capacity_bytes as u64;
-        }
+        let shared_peak = shared_peak(&a.pool, timeline_peak);
         let inflight_peak = a.snapshot.inflight_bytes_peak;
         let failures_by_reason = FailureReason::ALL
             .iter()
@@ -273,7 +279,7 @@ impl Record {
                 .devices
                 .iter()
                 .map(|(d, strategy)| DeviceRecord {
-                    device: d.name.clone(),
+                    device: d.name().to_string(),
                     strategy: (*strategy).to_string(),
                     lane: d.lane,
                     maps: d.stats.maps,
@@ -287,19 +293,47 @@ impl Record {
     }
 }
 
-/// Copy and metadata nanoseconds per map+unmap pair from a timing phase, the clock's own
-/// overhead taken out ([`ClockCost`]): `(metadata, copy, pairs)`.
+/// What the copy/metadata split reads from a timing phase: the whole bouncer's counters
+/// (from a [`PhaseResult`]) or one strategy instance's (from a [`LaneResult`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Timed<'a> {
+    /// Cumulative timing at every sample.
+    pub samples: &'a [TimingSample],
+    /// The counters at the end.
+    pub snapshot: &'a BounceSnapshot,
+    /// Copies made.
+    pub copies: u64,
+    /// Completed map+unmap pairs.
+    pub pairs: u64,
+}
+
+impl<'a> From<&'a PhaseResult> for Timed<'a> {
+    fn from(b: &'a PhaseResult) -> Self {
+        Self { samples: &b.timing, snapshot: &b.snapshot, copies: b.copies, pairs: b.pairs }
+    }
+}
+
+impl<'a> From<&'a LaneResult> for Timed<'a> {
+    fn from(l: &'a LaneResult) -> Self {
+        Self { samples: &l.timing, snapshot: &l.snapshot, copies: l.copies, pairs: l.snapshot.unmaps }
+    }
+}
+
+/// Copy and metadata nanoseconds per map+unmap pair from a timing phase (or one
+/// strategy instance's share of it), the clock's own overhead taken out
+/// ([`ClockCost`]): `(metadata, copy, pairs)`.
 ///
 /// The bouncer only keeps sums, and one descheduled thread inside a timed window adds
 /// milliseconds to them. So the phase is cut into the sampling intervals (5 ms);
 /// intervals whose time per pair is more than twice the median interval's are dropped
 /// as disturbed, and the result is the sums over the rest divided by their pairs. With
 /// fewer than five usable intervals it is the whole phase's mean ([`split_mean`]).
-pub fn split(b: &PhaseResult, clock: ClockCost) -> (f64, f64, u64) {
+pub fn split<'a>(b: impl Into<Timed<'a>>, clock: ClockCost) -> (f64, f64, u64) {
+    let b: Timed<'a> = b.into();
     let copies_per_op = if b.snapshot.timed_ops == 0 { 0.0 } else { b.copies as f64 / b.snapshot.timed_ops as f64 };
     // (pairs, metadata ns, copy ns) per interval, overhead removed.
     let mut iv: Vec<(f64, f64, f64)> = Vec::new();
-    for w in b.timing.windows(2) {
+    for w in b.samples.windows(2) {
         let (x, y) = (w[0], w[1]);
         let pairs = y.unmaps.saturating_sub(x.unmaps);
         if pairs < 32 {
@@ -325,7 +359,8 @@ pub fn split(b: &PhaseResult, clock: ClockCost) -> (f64, f64, u64) {
     (meta / pairs, copy / pairs, b.pairs)
 }
 
-fn median(v: &mut [f64]) -> f64 {
+/// The median of `v` (the mean of the middle two for an even count), sorting it.
+pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
     if n % 2 == 1 {
@@ -335,11 +370,12 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-/// The whole timing phase's mean copy and metadata nanoseconds per pair, the clock's
-/// overhead taken out: `(metadata, copy, pairs)`.
-pub fn split_mean(b: &PhaseResult, clock: ClockCost) -> (f64, f64, u64) {
+/// The whole timing phase's (or one strategy instance's) mean copy and metadata
+/// nanoseconds per pair, the clock's overhead taken out: `(metadata, copy, pairs)`.
+pub fn split_mean<'a>(b: impl Into<Timed<'a>>, clock: ClockCost) -> (f64, f64, u64) {
+    let b: Timed<'a> = b.into();
     let pairs = b.pairs.max(1) as f64;
-    let s = &b.snapshot;
+    let s = b.snapshot;
     let (meta_over, copy_over) = clock.overhead(s.timed_ops as f64, b.copies as f64);
     let copy = (s.copy_ns as f64 - copy_over).max(0.0);
     let meta = (s.metadata_ns() as f64 - meta_over).max(0.0);

@@ -447,6 +447,14 @@ pub fn write_markdown(path: &Path, res: &CompareResults, ts: &[Target], ctx: &Re
             }
         }
     }
+    for r in &res.ab {
+        let _ = writeln!(md, "\n## {} ({} threads): A/B in one guest\n", r.workload, r.threads);
+        let _ = writeln!(md, "{}\n", crate::ab::heading(r));
+        md.push_str(&crate::ab::markdown_table(r));
+        if let Some(p) = &r.record.problem {
+            let _ = writeln!(md, "\n**Problem ({})**: {p}", r.record.strategy);
+        }
+    }
     if !res.copy_limit.is_empty() {
         let _ = writeln!(md, "\n## Copy limit ({} B, one thread, hot cache)\n", res.copy_limit[0].size);
         let _ = writeln!(md, "| strategy | map+unmap ns | memcpy ns | ratio | strategy reserve+find+release ns | rest ns |\n|---|---|---|---|---|---|");
@@ -524,6 +532,9 @@ pub struct JsonDoc<'a> {
     pub sweeps: &'a [crate::compare::Sweep],
     /// The clock overhead taken out of the timing phases.
     pub clock: Option<crate::engine::ClockCost>,
+    /// The A/B runs (`compare --ab`; absent otherwise).
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub ab: &'a [crate::ab::AbResult],
 }
 
 /// Writes the JSON document.
@@ -539,6 +550,7 @@ pub fn write_json(path: &Path, command: &str, res: &CompareResults, ts: &[Target
         copy_limit: &res.copy_limit,
         sweeps: &res.sweeps,
         clock: res.clock,
+        ab: &res.ab,
     };
     let text = serde_json::to_string_pretty(&doc).map_err(std::io::Error::other)?;
     std::fs::write(path, text)

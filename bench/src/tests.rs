@@ -15,7 +15,7 @@ use crate::report::targets;
 use crate::workload::Workload;
 
 fn machine() -> Machine {
-    Machine { platform: PlatformKind::Tdx, memory: 256 << 20, boot: BootConfig::default() }
+    Machine { platform: PlatformKind::Tdx, memory: 256 << 20, boot: BootConfig::default(), lanes: None }
 }
 
 fn run(w: Workload, threads: usize, requests: u64, options: PhaseOptions) -> PhaseResult {
@@ -220,6 +220,7 @@ fn targets_report_met_missed_and_unmeasured() {
         }],
         sweeps: vec![],
         clock: None,
+        ab: vec![],
     };
     let ts = targets(&res);
     let get =
@@ -342,5 +343,42 @@ fn scrub_on_the_command_line_reaches_the_bouncer() {
         let want = if scrub { 0 } else { 0xa5 };
         assert!(left.iter().all(|&x| x == want), "scrub={scrub}: the freed bounce buffer holds {:?}", &left[..8]);
         guest.free_private(orig, 4096);
+    }
+}
+
+#[test]
+fn ab_split_runs_each_copy_on_its_own_instance() {
+    use crate::engine::Lanes;
+    let plan = Arc::new(Workload::Mixed.plan(2, 4096, 5, true).ab_split());
+    let routes = plan.devices.iter().enumerate().map(|(i, d)| (d.device.name().to_string(), i % 2)).collect();
+    let m = Machine { lanes: Some(Lanes { configs: vec![BootConfig::default(); 2], routes }), ..machine() };
+    for timing in [false, true] {
+        let opts = PhaseOptions { timing, verify: !timing, ..PhaseOptions::default() };
+        let r = run_phase(Classes::from_boot, "fixture", &m, &plan, Limit::Ops(800), opts, &|| {}).unwrap();
+        assert_clean(&r, 800);
+        assert_eq!(r.lanes.len(), 2, "two instances");
+        // Every device on the lane of its suffix; the lanes' counters add up to the whole.
+        assert_eq!(r.devices.len(), plan.devices.len());
+        for (d, _) in &r.devices {
+            assert_eq!(d.lane, usize::from(d.name().ends_with(crate::workload::AB_SUFFIXES[1])), "{}", d.name());
+            assert!(d.stats.maps > 0, "{} mapped nothing", d.name());
+        }
+        let (a, b) = (&r.lanes[0], &r.lanes[1]);
+        assert_eq!(a.snapshot.maps + b.snapshot.maps, r.maps);
+        assert_eq!(a.snapshot.unmaps + b.snapshot.unmaps, r.pairs);
+        assert_eq!(a.copies + b.copies, r.copies);
+        // Both copies get the same requests, so as many maps each, but for a pair the
+        // op limit cut in half.
+        assert!(a.snapshot.maps.abs_diff(b.snapshot.maps) <= 2 * 4, "{} vs {}", a.snapshot.maps, b.snapshot.maps);
+        assert!(a.pool.capacity_bytes > 0 && b.pool.capacity_bytes > 0);
+        if timing {
+            for l in [a, b] {
+                let last = l.timing.last().expect("per-lane timing samples");
+                assert_eq!((last.timed_ops, last.unmaps), (l.snapshot.timed_ops, l.snapshot.unmaps));
+                let (meta, copy, pairs) = crate::record::split(l, ClockCost::ZERO);
+                assert_eq!(pairs, l.snapshot.unmaps);
+                assert!(meta > 0.0 && copy > 0.0);
+            }
+        }
     }
 }

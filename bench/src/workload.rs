@@ -113,6 +113,80 @@ impl Plan {
     pub fn total_ops(&self) -> usize {
         self.streams.iter().map(Vec::len).sum()
     }
+
+    /// The plan split between two strategy instances for an A/B run (`compare --ab`).
+    ///
+    /// Device `i` becomes two identical copies: index `2i`, named `<name>.a`, and index
+    /// `2i + 1`, `<name>.b` ([`AB_SUFFIXES`]; a name too long for the suffix is cut
+    /// first). Each copy has the original's queue depth halved (rounded up), so the two
+    /// together keep as many mappings in flight as the original. In each stream a
+    /// device's requests are taken in pairs, and the first request of each pair is issued
+    /// to both copies, in the pair's two places, `.a` first in even pairs and `.b` first
+    /// in odd ones: both copies get the same requests in the same order, each half as
+    /// many as the original had, and the stream keeps its length and its mix of devices.
+    /// A device's last request in a stream is dropped when it has no partner.
+    ///
+    /// # Panics
+    /// When the plan has more than 128 devices (an op names its device in a byte).
+    #[must_use]
+    pub fn ab_split(&self) -> Self {
+        let devices = self
+            .devices
+            .iter()
+            .flat_map(|d| {
+                AB_SUFFIXES.map(|suffix| {
+                    let mut copy = d.clone();
+                    copy.device.set_name(&ab_name(d.device.name(), suffix));
+                    copy.depth = d.depth.div_ceil(2);
+                    copy
+                })
+            })
+            .collect();
+        let streams = self.streams.iter().map(|s| ab_stream(s, self.devices.len())).collect();
+        Self { devices, streams, ..self.clone() }
+    }
+}
+
+/// The name suffixes of the two copies of a device in [`Plan::ab_split`]: the copy on
+/// instance A, then the one on instance B.
+pub const AB_SUFFIXES: [&str; 2] = [".a", ".b"];
+
+/// `name` with `suffix`, cut on a char boundary so the whole fits a device name.
+fn ab_name(name: &str, suffix: &str) -> String {
+    let mut len = name.len().min(bounce_framework::DEVICE_NAME_MAX - suffix.len());
+    while !name.is_char_boundary(len) {
+        len -= 1;
+    }
+    format!("{}{suffix}", &name[..len])
+}
+
+/// One stream of [`Plan::ab_split`]: `devices` is the original plan's device count.
+fn ab_stream(stream: &[Op], devices: usize) -> Vec<Op> {
+    // Per original device: pairs begun so far, and where the open pair's first op went.
+    let mut pairs = vec![0usize; devices];
+    let mut open: Vec<Option<usize>> = vec![None; devices];
+    let mut out: Vec<Op> = Vec::with_capacity(stream.len());
+    for op in stream {
+        let d = usize::from(op.device);
+        let first = u8::try_from(2 * d + pairs[d] % 2).expect("at most 128 devices to split");
+        let second = first ^ 1;
+        match open[d].take() {
+            None => {
+                open[d] = Some(out.len());
+                out.push(Op { device: first, ..*op });
+            }
+            Some(i) => {
+                pairs[d] += 1;
+                out.push(Op { device: second, ..out[i] });
+            }
+        }
+    }
+    let mut unpaired: Vec<usize> = open.into_iter().flatten().collect();
+    unpaired.sort_unstable();
+    for i in unpaired.into_iter().rev() {
+        out.remove(i);
+    }
+    out
 }
 
 /// The built-in workloads.
@@ -421,6 +495,72 @@ mod tests {
         }
         // Workloads sharing a distribution still get different streams.
         assert_ne!(Workload::Net.plan(1, 100, 1, true).streams, Workload::Burst.plan(1, 100, 1, true).streams);
+    }
+
+    #[test]
+    fn ab_split_gives_each_copy_half_of_its_device_and_the_same_requests() {
+        for w in Workload::ALL {
+            let plan = w.plan(3, 5001, 11, true);
+            let ab = plan.ab_split();
+            assert_eq!(ab.devices.len(), 2 * plan.devices.len(), "{w}");
+            assert_eq!((ab.handoff, ab.burst, ab.repeat), (plan.handoff, plan.burst, plan.repeat));
+            for (i, d) in plan.devices.iter().enumerate() {
+                let (a, b) = (&ab.devices[2 * i], &ab.devices[2 * i + 1]);
+                assert_eq!(a.device.name(), format!("{}.a", d.device.name()));
+                assert_eq!(b.device.name(), format!("{}.b", d.device.name()));
+                for c in [a, b] {
+                    assert_eq!(c.depth, d.depth.div_ceil(2));
+                    assert_eq!((c.max_extent, c.may_block), (d.max_extent, d.may_block));
+                    let (x, y) = (c.device, d.device);
+                    assert_eq!(
+                        (x.dma_mask, x.min_align_mask, x.max_segment_size),
+                        (y.dma_mask, y.min_align_mask, y.max_segment_size)
+                    );
+                }
+            }
+            for (orig, split) in plan.streams.iter().zip(&ab.streams) {
+                let mut dropped = 0;
+                for i in 0..plan.devices.len() {
+                    let n = orig.iter().filter(|o| usize::from(o.device) == i).count();
+                    let side = |c: usize| -> Vec<(u32, u32, DmaDirection, Option<u16>)> {
+                        split
+                            .iter()
+                            .filter(|o| usize::from(o.device) == c)
+                            .map(|o| (o.size, o.offset, o.dir, o.cpu))
+                            .collect()
+                    };
+                    let (a, b) = (side(2 * i), side(2 * i + 1));
+                    assert_eq!((a.len(), b.len()), (n / 2, n / 2), "{w}: device {i} has {n} requests");
+                    // The same requests in the same order, hence the same multiset of
+                    // sizes, offsets and directions.
+                    assert_eq!(a, b, "{w}: device {i}");
+                    // Each one drawn from the original device's requests.
+                    let drawn: Vec<_> = orig
+                        .iter()
+                        .filter(|o| usize::from(o.device) == i)
+                        .map(|o| (o.size, o.offset, o.dir, o.cpu))
+                        .collect();
+                    assert!(a.iter().all(|r| drawn.contains(r)));
+                    dropped += n % 2;
+                }
+                // The total load is the original's, but for unpaired last requests.
+                assert_eq!(split.len() + dropped, orig.len(), "{w}");
+            }
+        }
+    }
+
+    #[test]
+    fn ab_split_alternates_which_copy_goes_first_and_keeps_names_short() {
+        let op = |device, size| Op { device, dir: DmaDirection::ToDevice, size, offset: 0, cpu: None };
+        let mut plan = fixed_size_plan(4096, 1, 1, true);
+        plan.devices[0].device.set_name(&"x".repeat(bounce_framework::DEVICE_NAME_MAX));
+        plan.streams = vec![vec![op(0, 1), op(0, 2), op(0, 3), op(0, 4), op(0, 5)]];
+        let ab = plan.ab_split();
+        let got: Vec<(u8, u32)> = ab.streams[0].iter().map(|o| (o.device, o.size)).collect();
+        assert_eq!(got, [(0, 1), (1, 1), (1, 3), (0, 3)], "the fifth request has no partner");
+        let names: Vec<&str> = ab.devices.iter().map(|d| d.device.name()).collect();
+        assert!(names.iter().all(|n| n.len() == bounce_framework::DEVICE_NAME_MAX), "{names:?}");
+        assert!(names[0].ends_with(AB_SUFFIXES[0]) && names[1].ends_with(AB_SUFFIXES[1]), "{names:?}");
     }
 
     #[test]

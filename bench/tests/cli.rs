@@ -421,3 +421,87 @@ fn record_writes_a_trace_that_replays() {
     let (out, _) = ok(&["replay", f.to_str().unwrap(), "-s", "magazine", "--no-progress", "--memory", "256M"]);
     assert!(out.contains("50 events on 1 device(s)"), "{out}");
 }
+
+#[test]
+fn ab_runs_two_instances_side_by_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let js = dir.path().join("ab.json");
+    let (out, _) = ok(&[
+        "compare",
+        "--ab",
+        "magazine,magazine",
+        "-w",
+        "net",
+        "--threads",
+        "1",
+        "--ops",
+        "400",
+        "--rounds",
+        "2",
+        "--memory",
+        "256M",
+        "--no-progress",
+        "--json",
+        js.to_str().unwrap(),
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    let report = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    assert!(report.contains("## net (1 threads): A/B in one guest"), "{report}");
+    assert!(report.contains("| metric | A median | B median | B/A median | B/A spread |"), "{report}");
+    for needle in ["A = magazine (virtio-net.a), B = magazine (virtio-net.b)", "B/A median", "maps/s", "shared peak"] {
+        assert!(out.contains(needle), "lacks {needle:?}:\n{out}");
+    }
+    assert!(!out.contains("== targets =="), "no per-strategy targets in an A/B run:\n{out}");
+    let doc = json(&js);
+    assert_eq!(doc["results"].as_array().unwrap().len(), 0, "A/B results only");
+    let ab = doc["ab"].as_array().unwrap();
+    assert_eq!(ab.len(), 1);
+    let r = &ab[0];
+    assert_eq!(
+        (r["a"].as_str(), r["b"].as_str(), r["workload"].as_str()),
+        (Some("magazine"), Some("magazine"), Some("net"))
+    );
+    let rounds = r["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 2);
+    for round in rounds {
+        for (lane, side) in round.as_array().unwrap().iter().enumerate() {
+            assert_eq!(side["lane"], lane);
+            assert_eq!(side["strategy"], "magazine");
+            assert!(side["maps"].as_u64().unwrap() > 0, "{side}");
+        }
+    }
+    let metrics: Vec<&str> = r["metrics"].as_array().unwrap().iter().map(|m| m["metric"].as_str().unwrap()).collect();
+    assert_eq!(metrics, ["maps/s", "metadata ns/pair", "copy ns/pair", "failures", "in-flight peak", "shared peak"]);
+    let devices: Vec<(&str, u64)> = r["record"]["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["device"].as_str().unwrap(), d["lane"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(devices, [("virtio-net.a", 0), ("virtio-net.b", 1)]);
+    assert!(r["record"]["problem"].is_null(), "{}", r["record"]["problem"]);
+}
+
+#[test]
+fn ab_usage_errors_exit_2() {
+    let run = |extra: &[&str]| {
+        let mut args = vec!["compare", "--ops", "10", "-w", "net", "--no-progress"];
+        args.extend_from_slice(extra);
+        args.into_iter().map(str::to_string).collect::<Vec<_>>()
+    };
+    let cases: [(&[&str], &str); 7] = [
+        (&["--ab", "legacy,fancy"], "unknown strategy `fancy`"),
+        (&["--ab", "linux,legacy"], "unknown strategy `linux`"),
+        (&["--ab", "magazine"], "exactly two strategy names"),
+        (&["--ab", "legacy,magazine,dynamic"], "exactly two strategy names"),
+        (&["--ab", "legacy,magazine", "-s", "legacy"], "cannot be used with"),
+        (&["--ab", "legacy,magazine", "--cmdline", "swiotlb.strategy=legacy,nvme0:magazine"], "drop the device routes"),
+        (&["--ab", "legacy,magazine", "--cmdline", "swiotlb.strategy=legacy"], "drop swiotlb.strategy=legacy"),
+    ];
+    for (extra, needle) in cases {
+        let args = run(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        fails(&args, 2, needle);
+    }
+}

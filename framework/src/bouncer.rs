@@ -8,7 +8,8 @@ use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::addr::{DmaAddr, PhysAddr};
-use crate::devices::{Attachment, DeviceRoute, DeviceSnapshot, DeviceTable, MAX_LANES};
+use crate::cmdline::NATIVE_LANE;
+use crate::devices::{Attachment, DeviceRoute, DeviceSnapshot, DeviceTable, MAX_LANES, NATIVE};
 use crate::dma::{Device, DmaAttrs, DmaDirection};
 use crate::error::{FailureReason, InitError, LookupError, MapError};
 use crate::platform::{BouncedEvent, LogLevel, Platform};
@@ -166,6 +167,10 @@ impl<P: Platform, S: Strategy> Bouncer<P, S> {
         }
         let mut table = Vec::with_capacity(routes.len());
         for (dev, lane) in routes {
+            if *lane == NATIVE_LANE {
+                table.push((dev.clone(), NATIVE));
+                continue;
+            }
             if *lane >= lanes.len() {
                 return Err(InitError::Config(alloc::format!(
                     "device `{dev}` is routed to instance {lane}, but there are {}",
@@ -211,6 +216,19 @@ impl<P: Platform, S: Strategy> Bouncer<P, S> {
     #[inline]
     pub fn route(&self, dev: &Device) -> DeviceRoute {
         self.devices.route(dev)
+    }
+
+    /// Whether a strategy instance serves `dev`: false for a device the command line
+    /// leaves to the platform's own bounce buffering (`<device>:linux`), which the
+    /// caller must not map here (if it does, the default instance serves it).
+    #[inline]
+    pub fn serves(&self, dev: &Device) -> bool {
+        self.route(dev).lane != NATIVE
+    }
+
+    /// Devices routed to the platform's own bounce buffering.
+    pub fn native_routes(&self) -> usize {
+        self.devices.native_routes()
     }
 
     /// The strategy instance that serves `dev`.
@@ -849,12 +867,20 @@ impl<P: Platform, S: Strategy> Bouncer<P, S> {
 
     /// DMA-API counters of the devices lane `lane` serves (in-flight bytes and peak
     /// summed over them).
+    ///
+    /// # Context
+    /// Any context; never allocates.
     pub fn lane_stats(&self, lane: usize) -> BounceSnapshot {
-        let mut t = BounceSnapshot::default();
-        for d in self.devices.snapshot().iter().filter(|d| d.lane == lane) {
-            t.merge(&d.stats);
-        }
-        t
+        self.devices.lane_total(lane)
+    }
+
+    /// Device slot `i`'s device and counters ([`DeviceTable::get`]); slots run from 0
+    /// to [`DEVICE_SLOTS`](crate::DEVICE_SLOTS).
+    ///
+    /// # Context
+    /// Any context; never allocates.
+    pub fn device_at(&self, i: usize) -> Option<DeviceSnapshot> {
+        self.devices.get(i)
     }
 
     /// Records a failure that happened before reaching the bouncer (e.g. a bad ABI

@@ -72,6 +72,13 @@ pub struct Param {
     pub token: String,
 }
 
+/// The route target that leaves a device to the platform's own bounce buffering
+/// (Linux's swiotlb in the guest): accepted by [`BootConfig::parse_with_native`].
+pub const NATIVE_ROUTE: &str = "linux";
+
+/// The lane of a device routed to [`NATIVE_ROUTE`]: no strategy instance serves it.
+pub const NATIVE_LANE: usize = usize::MAX;
+
 /// Device routes as (device name, lane index) pairs: [`BootConfig::lanes`]'s second
 /// half, [`Bouncer::with_lanes`](crate::Bouncer::with_lanes)'s input.
 pub type LaneRoutes = Vec<(String, usize)>;
@@ -256,6 +263,10 @@ impl BootConfig {
         let mut lanes = alloc::vec![one(self.strategy.clone())];
         let mut routes = Vec::with_capacity(self.routes.len());
         for r in &self.routes {
+            if r.strategy == NATIVE_ROUTE {
+                routes.push((r.device.clone(), NATIVE_LANE));
+                continue;
+            }
             let lane =
                 lanes.iter().position(|l| l.strategy.as_deref() == Some(r.strategy.as_str())).unwrap_or_else(|| {
                     lanes.push(one(Some(r.strategy.clone())));
@@ -278,6 +289,21 @@ impl BootConfig {
     /// # Errors
     /// The first [`CmdlineError`], naming the offending token.
     pub fn parse(cmdline: &str, known_strategies: &[&str]) -> Result<Self, CmdlineError> {
+        Self::parse_inner(cmdline, known_strategies, None)
+    }
+
+    /// As [`BootConfig::parse`], on a platform with bounce buffering of its own (the
+    /// Linux guest): a route may also name [`NATIVE_ROUTE`] (`linux`), which leaves that
+    /// device to the platform's own swiotlb ([`NATIVE_LANE`] in [`BootConfig::lanes`]).
+    /// The default strategy must still be one of `known_strategies`.
+    ///
+    /// # Errors
+    /// As [`BootConfig::parse`].
+    pub fn parse_with_native(cmdline: &str, known_strategies: &[&str]) -> Result<Self, CmdlineError> {
+        Self::parse_inner(cmdline, known_strategies, Some(NATIVE_ROUTE))
+    }
+
+    fn parse_inner(cmdline: &str, known_strategies: &[&str], native: Option<&str>) -> Result<Self, CmdlineError> {
         let mut cfg = Self::default();
         let mut seen_scrub = false;
         let known = || known_strategies.join(", ");
@@ -316,7 +342,9 @@ impl BootConfig {
                     }
                     for entry in entries {
                         let route = parse_route(token, entry)?;
-                        if !known_strategies.contains(&route.strategy.as_str()) {
+                        if !known_strategies.contains(&route.strategy.as_str())
+                            && native != Some(route.strategy.as_str())
+                        {
                             return Err(unknown(&route.strategy));
                         }
                         if cfg.routes.iter().any(|r| r.device == route.device) {
@@ -541,6 +569,14 @@ mod tests {
         let c = BootConfig::parse("swiotlb.strategy=dynamic,a:dynamic,b:magazine,c:magazine", KNOWN).unwrap();
         assert_eq!(c.lanes().0.len(), 2);
         assert_eq!(c.lanes().1, [("a".into(), 0), ("b".into(), 1), ("c".into(), 1)]);
+        // `linux` routes only where the platform has a swiotlb of its own, never as the
+        // default.
+        let native = "swiotlb.strategy=magazine,vda:linux,vdb:magazine";
+        assert!(BootConfig::parse(native, KNOWN).unwrap_err().to_string().contains("unknown strategy `linux`"));
+        let c = BootConfig::parse_with_native(native, KNOWN).unwrap();
+        assert_eq!(c.lanes().0.len(), 1);
+        assert_eq!(c.lanes().1, [("vda".into(), NATIVE_LANE), ("vdb".into(), 0)]);
+        assert!(BootConfig::parse_with_native("swiotlb.strategy=linux", KNOWN).is_err());
         // The single-name form is unchanged; a route may name the default strategy.
         assert!(BootConfig::parse("swiotlb.strategy=dynamic", KNOWN).unwrap().routes.is_empty());
         assert_eq!(BootConfig::parse("swiotlb.strategy=magazine,a:magazine", KNOWN).unwrap().routes.len(), 1);

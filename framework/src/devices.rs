@@ -34,6 +34,10 @@ pub const OVERFLOW_DEVICE: &str = "(other devices)";
 /// Lanes (strategy instances) per bouncer at most.
 pub const MAX_LANES: usize = 8;
 
+/// [`DeviceRoute::lane`] of a device left to the platform's own bounce buffering
+/// ([`NATIVE_LANE`](crate::NATIVE_LANE) on the command line).
+pub const NATIVE: u8 = u8::MAX;
+
 /// Failure size buckets: a failed request of `n` bytes counts in the first bucket whose
 /// bound is at least `n` (the last bucket takes everything larger).
 pub const FAIL_SIZE_BOUNDS: [usize; 7] = [512, 2048, 4096, 16 << 10, 64 << 10, 256 << 10, usize::MAX];
@@ -80,21 +84,21 @@ impl Slot {
             && self.name.iter().zip(words).all(|(a, &b)| a.load(Ordering::Relaxed) == b)
     }
 
-    fn name(&self) -> Option<String> {
+    /// The name's bytes (zero padded) and length, once claimed.
+    fn name(&self) -> Option<([u8; DEVICE_NAME_MAX], u8)> {
         let s = self.state.load(Ordering::Acquire);
         (s & READY != 0).then(|| {
-            let bytes: alloc::vec::Vec<u8> = self
-                .name
-                .iter()
-                .flat_map(|w| w.load(Ordering::Relaxed).to_le_bytes())
-                .take((s & 0xffff) as usize)
-                .collect();
-            String::from_utf8_lossy(&bytes).into_owned()
+            let mut buf = [0u8; DEVICE_NAME_MAX];
+            for (chunk, w) in buf.chunks_exact_mut(8).zip(&self.name) {
+                chunk.copy_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
+            }
+            (buf, (s & 0xffff) as u8)
         })
     }
 }
 
-/// Where a device's activity goes: its slot in the [`DeviceTable`] and its lane.
+/// Where a device's activity goes: its slot in the [`DeviceTable`] and its lane
+/// ([`NATIVE`] for a device no instance serves).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct DeviceRoute {
     /// The slot index.
@@ -123,17 +127,29 @@ pub struct DeviceTable<R: RawIrqLock> {
     register: IrqMutex<R, ()>,
 }
 
-/// What one device did: [`DeviceTable::snapshot`].
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// What one device did: [`DeviceTable::get`], [`DeviceTable::snapshot`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DeviceSnapshot {
-    /// The device name ([`OVERFLOW_DEVICE`] for the overflow slot).
-    pub name: String,
-    /// Its lane.
+    name: [u8; DEVICE_NAME_MAX],
+    name_len: u8,
+    /// Its lane ([`NATIVE`] as `usize` for a device no instance serves).
     pub lane: usize,
     /// Its DMA-API counters (in-flight bytes and peak are the device's own).
     pub stats: BounceSnapshot,
     /// Its failures by [`FAIL_SIZE_BOUNDS`] bucket.
     pub fail_sizes: [u64; FAIL_SIZE_BOUNDS.len()],
+}
+
+impl DeviceSnapshot {
+    /// The device name ([`OVERFLOW_DEVICE`] for the overflow slot).
+    pub fn name(&self) -> &str {
+        let b = &self.name[..usize::from(self.name_len).min(DEVICE_NAME_MAX)];
+        match core::str::from_utf8(b) {
+            Ok(s) => s,
+            // Names come from `Device`, cut on a char boundary: not reached.
+            Err(e) => core::str::from_utf8(&b[..e.valid_up_to()]).unwrap_or(""),
+        }
+    }
 }
 
 impl<R: RawIrqLock> DeviceTable<R> {
@@ -178,6 +194,11 @@ impl<R: RawIrqLock> DeviceTable<R> {
             }
         }
         Ok(())
+    }
+
+    /// Devices the routes leave to the platform's own bounce buffering.
+    pub fn native_routes(&self) -> usize {
+        self.routes.iter().filter(|(_, l)| *l == NATIVE).count()
     }
 
     /// This table's identity in [`Attachment::table`] (never 0).
@@ -252,26 +273,43 @@ impl<R: RawIrqLock> DeviceTable<R> {
         self.slots[usize::from(slot)].fail_sizes[fail_size_bucket(size)].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Every claimed slot's counters, the routed devices first, the overflow slot last
-    /// (when it counted anything).
+    /// Slot `i`'s device and counters: `None` for a slot no device claimed, and for
+    /// the overflow slot while it counted nothing.
+    ///
+    /// # Context
+    /// Any context; never allocates.
+    pub fn get(&self, i: usize) -> Option<DeviceSnapshot> {
+        let s = self.slots.get(i)?;
+        let (name, name_len) = s.name()?;
+        let stats = s.stats.snapshot();
+        if i == DEVICE_SLOTS - 1 && stats == BounceSnapshot::default() {
+            return None;
+        }
+        Some(DeviceSnapshot {
+            name,
+            name_len,
+            lane: usize::from(s.lane.load(Ordering::Relaxed)),
+            stats,
+            fail_sizes: core::array::from_fn(|b| s.fail_sizes[b].load(Ordering::Relaxed)),
+        })
+    }
+
+    /// Every claimed slot's counters ([`DeviceTable::get`]), the routed devices first,
+    /// the overflow slot last (when it counted anything).
     pub fn snapshot(&self) -> alloc::vec::Vec<DeviceSnapshot> {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| {
-                let name = s.name()?;
-                let stats = s.stats.snapshot();
-                if i == DEVICE_SLOTS - 1 && stats == BounceSnapshot::default() {
-                    return None;
-                }
-                Some(DeviceSnapshot {
-                    name,
-                    lane: usize::from(s.lane.load(Ordering::Relaxed)),
-                    stats,
-                    fail_sizes: core::array::from_fn(|b| s.fail_sizes[b].load(Ordering::Relaxed)),
-                })
-            })
-            .collect()
+        (0..DEVICE_SLOTS).filter_map(|i| self.get(i)).collect()
+    }
+
+    /// The summed counters of the devices lane `lane` serves.
+    ///
+    /// # Context
+    /// Any context; never allocates.
+    pub fn lane_total(&self, lane: usize) -> BounceSnapshot {
+        let mut t = BounceSnapshot::default();
+        for d in (0..DEVICE_SLOTS).filter_map(|i| self.get(i)).filter(|d| d.lane == lane) {
+            t.merge(&d.stats);
+        }
+        t
     }
 
     /// The sum of every slot's counters (in-flight bytes summed; the peak is the sum of

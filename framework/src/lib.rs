@@ -46,7 +46,7 @@ pub use addr::{
     DmaAddr, PageCount, PhysAddr, SlotCount, IO_TLB_SEGSIZE, IO_TLB_SHIFT, IO_TLB_SIZE, PAGE_SHIFT, PAGE_SIZE,
 };
 pub use bouncer::{Bouncer, BouncerOptions, SgEntry, SgError, MAY_BLOCK_TIMEOUT_NS};
-pub use cmdline::{BootConfig, ForceMode, LaneRoutes, Route, StrategyParams, SwiotlbParam};
+pub use cmdline::{BootConfig, ForceMode, LaneRoutes, Route, StrategyParams, SwiotlbParam, NATIVE_LANE, NATIVE_ROUTE};
 pub use devices::{
     fail_size_bucket, Attachment, DeviceRoute, DeviceSnapshot, DeviceTable, DEVICE_SLOTS, FAIL_SIZE_BOUNDS, MAX_LANES,
     OVERFLOW_DEVICE,

@@ -151,6 +151,40 @@
 #define BOUNCE_NAME_MAX 31
 
 /**
+ * Longest device name bounce keeps (`dev_name()` is cut there), NUL excluded.
+ */
+#define BOUNCE_DEVICE_NAME_MAX 32
+
+/**
+ * Bytes of `bounce_device_stats.name`: `BOUNCE_DEVICE_NAME_MAX` and the NUL.
+ */
+#define BOUNCE_DEVICE_NAME_BUF 33
+
+/**
+ * Bytes of `bounce_device_stats.strategy`: `BOUNCE_NAME_MAX` and the NUL.
+ */
+#define BOUNCE_NAME_BUF 32
+
+/**
+ * Device slots of an instance (`bounce_device_stats` indices run below it): devices
+ * claim them in the order they first map, the routed ones first; the last slot counts
+ * every device beyond the others.
+ */
+#define BOUNCE_DEVICE_SLOTS 16
+
+/**
+ * `bounce_device_stats.lane` of a device the command line leaves to the platform's
+ * own swiotlb (`swiotlb.strategy=<default>,<device>:linux`).
+ */
+#define BOUNCE_LANE_NATIVE 255
+
+/**
+ * Entries of `bounce_device_stats.fail_sizes`: failed requests of at most 512 B,
+ * 2 KiB, 4 KiB, 16 KiB, 64 KiB, 256 KiB, and larger.
+ */
+#define BOUNCE_FAIL_SIZE_BUCKETS 7
+
+/**
  * The largest `min_align_mask` a device may have (64 KiB - 1): enough for every IOMMU
  * granule Linux uses, and far enough below a 256 KiB segment that every strategy can
  * still map something.
@@ -564,6 +598,81 @@ struct bounce_stats {
 };
 
 /**
+ * One device's counters (`bounce_device_stats`).
+ */
+struct bounce_device_stats {
+    /**
+     * The device's name (`dev_name()`, cut at `BOUNCE_DEVICE_NAME_MAX` bytes),
+     * NUL-terminated.
+     */
+    char name[BOUNCE_DEVICE_NAME_BUF];
+    /**
+     * The strategy that serves it ("linux" for `BOUNCE_LANE_NATIVE`), NUL-terminated.
+     */
+    char strategy[BOUNCE_NAME_BUF];
+    /**
+     * Its strategy instance (0: the default), or `BOUNCE_LANE_NATIVE`.
+     */
+    uint32_t lane;
+    /**
+     * Successful maps (each scatter-gather entry counts).
+     */
+    uint64_t maps;
+    /**
+     * Successful unmaps.
+     */
+    uint64_t unmaps;
+    /**
+     * Successful `sync_*_for_cpu` calls.
+     */
+    uint64_t syncs_for_cpu;
+    /**
+     * Successful `sync_*_for_device` calls.
+     */
+    uint64_t syncs_for_device;
+    /**
+     * Bytes copied original -> bounce.
+     */
+    uint64_t bytes_to_bounce;
+    /**
+     * Bytes copied bounce -> original.
+     */
+    uint64_t bytes_from_bounce;
+    /**
+     * Syncs or unmaps whose size ran past the mapping and was clamped.
+     */
+    uint64_t overflows_clamped;
+    /**
+     * Bytes this device has mapped and not unmapped.
+     */
+    uint64_t inflight_bytes;
+    /**
+     * The most of them at once since the last reset.
+     */
+    uint64_t inflight_bytes_peak;
+    /**
+     * Operations timed (`BOUNCE_CREATE_TIMING`).
+     */
+    uint64_t timed_ops;
+    /**
+     * Nanoseconds spent in timed operations, copies included.
+     */
+    uint64_t op_ns;
+    /**
+     * Nanoseconds of `op_ns` spent copying.
+     */
+    uint64_t copy_ns;
+    /**
+     * Failed calls by reason, indexed by `BOUNCE_FAILURE_*`.
+     */
+    uint64_t failures[BOUNCE_FAILURE_COUNT];
+    /**
+     * Failed calls by request size (`BOUNCE_FAIL_SIZE_BUCKETS`).
+     */
+    uint64_t fail_sizes[BOUNCE_FAIL_SIZE_BUCKETS];
+};
+
+/**
  * What one `bounce_run_background` call did.
  */
 struct bounce_background_report {
@@ -936,6 +1045,84 @@ int bounce_is_bounce_buffer(const struct bounce *b,
  */
 int bounce_stats(const struct bounce *b,
                  struct bounce_stats *out);
+
+/**
+ * Strategy instances (*lanes*) of the instance: 1 without per-device routes, one more
+ * per further strategy `swiotlb.strategy=<default>,<device>:<strategy>,...` names.
+ * `-EINVAL` for a NULL `b`.
+ *
+ * # Context
+ * Any context.
+ *
+ * # Safety
+ * `b` is NULL or a live instance.
+ */
+int bounce_lane_count(const struct bounce *b);
+
+/**
+ * The strategy name of lane `lane` as a NUL-terminated string that lives as long as
+ * the instance; NULL for a NULL `b` or a lane that does not exist.
+ *
+ * # Safety
+ * `b` is NULL or a live instance.
+ */
+const char *bounce_lane_name(const struct bounce *b,
+                             uint32_t lane);
+
+/**
+ * Fills `*out` with lane `lane`'s statistics: its pool's figures and the DMA-API
+ * counters of the devices it serves (in-flight figures summed over them). Returns 0,
+ * `-ENOENT` for a lane that does not exist, `-EINVAL` for a NULL `b` or `out`.
+ *
+ * # Context
+ * Any context.
+ *
+ * # Safety
+ * `b` is NULL or a live instance; `out` is NULL or writable.
+ */
+int bounce_lane_stats(const struct bounce *b,
+                      uint32_t lane,
+                      struct bounce_stats *out);
+
+/**
+ * Fills `*out` with the counters of device slot `index` (0 to
+ * `BOUNCE_DEVICE_SLOTS - 1`): the device's name, the strategy that serves it, and what
+ * it did. Returns 0, `-ENOENT` for a slot no device has claimed (or the overflow slot
+ * while it counted nothing), `-EINVAL` for a NULL `b` or `out`.
+ *
+ * # Context
+ * Any context; never allocates.
+ *
+ * # Safety
+ * `b` is NULL or a live instance; `out` is NULL or writable.
+ */
+int bounce_device_stats(const struct bounce *b,
+                        uint32_t index,
+                        struct bounce_device_stats *out);
+
+/**
+ * Whether a strategy of this instance serves `dev`: 1, or 0 for a device the command
+ * line leaves to the platform's own swiotlb (`<device>:linux`), whose mappings the
+ * caller makes elsewhere. `-EINVAL` for a NULL `b` or `dev` or a bad device.
+ *
+ * # Context
+ * Any context; never allocates.
+ *
+ * # Safety
+ * `b` is NULL or a live instance; `dev` as for `bounce_map_single`.
+ */
+int bounce_serves_device(const struct bounce *b,
+                         const struct bounce_device *dev);
+
+/**
+ * Devices the command line leaves to the platform's own swiotlb (`<device>:linux`
+ * routes): when 0, `bounce_serves_device` is 1 for every device. `-EINVAL` for a
+ * NULL `b`.
+ *
+ * # Safety
+ * `b` is NULL or a live instance.
+ */
+int bounce_native_routes(const struct bounce *b);
 
 /**
  * Writing 0 to debugfs `io_tlb_used_hiwater`: resets the high-water marks to the

@@ -14,6 +14,10 @@
 #   --timeout SECONDS  hard limit for the whole VM run (default 600, debug 1800)
 #   --smp N --mem SIZE vCPUs (default 2) and memory (default 512M)
 #   --disk-size SIZE   size of the scratch disk (default 256M; recreated each boot)
+#   --disks N          1 (default) or 2 scratch disks. With 2 they sit at fixed PCI
+#                      addresses, /dev/vda at 0000:00:04.0 and /dev/vdb at 0000:00:05.0
+#                      (the names swiotlb.strategy= routes use, see AB_DEVICES in lib.sh),
+#                      and guest/test.sh runs its phases on both at once (an A/B boot)
 #   --no-force         leave out swiotlb=force (reference run without bouncing: the
 #                      debugfs counters must stay flat)
 #   --quiet            do not echo the console, only the result block
@@ -35,6 +39,7 @@ SMP=2
 MEM=512M
 DISK_SIZE=256M
 QUIET=0
+DISKS=1
 FORCE="swiotlb=force"
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -47,6 +52,7 @@ while [ $# -gt 0 ]; do
         --smp) SMP=$2; shift ;;
         --mem) MEM=$2; shift ;;
         --disk-size) DISK_SIZE=$2; shift ;;
+        --disks) DISKS=$2; shift ;;
         --quiet) QUIET=1 ;;
         --no-force) FORCE="" ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -55,6 +61,7 @@ while [ $# -gt 0 ]; do
     shift
 done
 [[ "$NAME" =~ ^[A-Za-z0-9._-]+$ ]] || die "--name must be a simple word, got '$NAME'"
+[[ "$DISKS" =~ ^[12]$ ]] || die "--disks must be 1 or 2, got '$DISKS'"
 
 ensure_cache_dir
 [ -n "$KERNEL" ] || KERNEL=$("$BOUNCE_LINUX_DIR/build-kernel.sh" "${VARIANT_ARGS[@]}" --print-image)
@@ -71,9 +78,17 @@ mkdir -p "$RUN"
 LOG="$RUN/console.log"
 RESULTS="$RUN/results.txt"
 DISK="$RUN/disk.img"
-rm -f "$LOG" "$RESULTS" "$DISK"
+DISK1="$RUN/disk1.img"
+rm -f "$LOG" "$RESULTS" "$DISK" "$DISK1"
 
-step "boot $NAME: scratch disk $DISK ($DISK_SIZE)"
+D0_ADDR=""
+if [ "$DISKS" = 2 ]; then
+    step "boot $NAME: scratch disks $DISK and $DISK1 ($DISK_SIZE each)"
+    truncate -s "$DISK_SIZE" "$DISK1"
+    D0_ADDR=",addr=0x4"
+else
+    step "boot $NAME: scratch disk $DISK ($DISK_SIZE)"
+fi
 truncate -s "$DISK_SIZE" "$DISK"
 # cache=none needs O_DIRECT on the host file system (not available on tmpfs).
 CACHE_MODE=none
@@ -88,8 +103,12 @@ CMDLINE=$(tr -s ' ' <<<"$CMDLINE" | sed 's/^ //; s/ $//')
 QEMU=(qemu-system-x86_64 -accel tcg -smp "$SMP" -m "$MEM" -nographic -no-reboot
       -kernel "$KERNEL" -initrd "$INITRD" -append "$CMDLINE"
       -drive "file=$DISK,if=none,format=raw,id=d0,cache=$CACHE_MODE"
-      -device virtio-blk-pci,drive=d0,iommu_platform=on,disable-legacy=on
+      -device "virtio-blk-pci,drive=d0,iommu_platform=on,disable-legacy=on$D0_ADDR"
       -device pci-testdev -nic none)
+if [ "$DISKS" = 2 ]; then
+    QEMU+=(-drive "file=$DISK1,if=none,format=raw,id=d1,cache=$CACHE_MODE"
+           -device virtio-blk-pci,drive=d1,iommu_platform=on,disable-legacy=on,addr=0x5)
+fi
 # shellcheck disable=SC2206
 [ -n "${BOUNCE_QEMU_EXTRA:-}" ] && QEMU+=($BOUNCE_QEMU_EXTRA)
 info "timeout ${TIMEOUT}s, console log $LOG"

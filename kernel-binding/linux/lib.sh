@@ -47,6 +47,11 @@ ensure_cache_dir() {
     [ -w "$BOUNCE_KERNEL_CACHE" ] || die "cache dir $BOUNCE_KERNEL_CACHE is not writable"
 }
 
+# The PCI addresses of the two scratch disks of an A/B boot (boot.sh --disks 2):
+# /dev/vda and /dev/vdb, the device names swiotlb.strategy= routes name.
+AB_PCI_A="0000:00:04.0"
+AB_PCI_B="0000:00:05.0"
+
 # Build variant -> O= directory.
 build_dir_for() { echo "$CACHE_BUILD/$1"; }
 

@@ -13,7 +13,11 @@
 #                       strategies ($STRATEGIES below); any other NAME, e.g. "bogus", must be
 #                       rejected at boot with a console message, leaving Linux's swiotlb in
 #                       charge. "nobounce" boots without swiotlb=force (the cost of bouncing
-#                       itself).
+#                       itself). "ab-A-B" (A, B: linux or a built-in strategy) boots with two
+#                       disks, /dev/vda routed to A and /dev/vdb to B in one boot
+#                       (swiotlb.strategy=<default>,<vda's PCI name>:A,<vdb's>:B; the default
+#                       is B, or A when B is linux), runs integrity and throughput on both
+#                       at once and prints a per-disk A/B table.
 #   --repeat N          boot every configuration N times, interleaved (linux, legacy, ...,
 #                       linux, legacy, ...); the ratio table uses the median over the boots
 #                       (default 1). TCG on a shared host is noisy: an A/A run of four
@@ -37,7 +41,7 @@ set -euo pipefail
 STRATEGIES=$(strategy_names)
 
 SETUP=1
-CONFIGS="linux $STRATEGIES bogus"
+CONFIGS="linux $STRATEGIES bogus ab-linux-magazine"
 REPEAT=1
 APPEND=""
 DEBUG_ARGS=()
@@ -60,6 +64,24 @@ done
 [[ "$REPEAT" =~ ^[1-9][0-9]*$ ]] || die "--repeat needs a positive number"
 for cfg in $CONFIGS; do
     [[ "$cfg" =~ ^[A-Za-z0-9_-]+$ ]] || die "bad configuration name '$cfg'"
+done
+
+# ab_sides CONFIG: "A B" of an "ab-A-B" configuration (nothing for any other).
+ab_sides() {
+    [[ "$1" =~ ^ab-([A-Za-z0-9_]+)-([A-Za-z0-9_]+)$ ]] && echo "${BASH_REMATCH[1]} ${BASH_REMATCH[2]}"
+}
+# ab_default A B: the default strategy of an A/B boot (the first side that is not linux).
+ab_default() {
+    if [ "$2" != linux ]; then echo "$2"; elif [ "$1" != linux ]; then echo "$1"; else echo linux; fi
+}
+for cfg in $CONFIGS; do
+    case "$cfg" in ab-*)
+        sides=$(ab_sides "$cfg") || die "bad A/B configuration '$cfg' (want ab-A-B)"
+        for side in $sides; do
+            [[ " linux $STRATEGIES " == *" $side "* ]] \
+                || die "A/B configuration '$cfg': '$side' is neither linux nor one of: $STRATEGIES"
+        done ;;
+    esac
 done
 
 D="$BOUNCE_LINUX_DIR"
@@ -95,6 +117,12 @@ for ((rep = 1; rep <= REPEAT; rep++)); do
         case "$cfg" in
             linux) ;;
             nobounce) extra=(--no-force) ;;
+            ab-*)
+                read -r side_a side_b <<<"$(ab_sides "$cfg")"
+                def=$(ab_default "$side_a" "$side_b")
+                [ "$def" = linux ] \
+                    || args="swiotlb.strategy=$def,$AB_PCI_A:$side_a,$AB_PCI_B:$side_b $args"
+                extra=(--disks 2) ;;
             *) args="swiotlb.strategy=$cfg $args" ;;
         esac
         rc=0
@@ -115,6 +143,8 @@ done
 expected_strategy() {
     case "$1" in
         linux|nobounce) echo linux ;;
+        ab-*) # shellcheck disable=SC2046  # "A B"
+              ab_default $(ab_sides "$1") ;;
         *) if [[ " $STRATEGIES " == *" $1 "* ]]; then echo "$1"; else echo rejected; fi ;;
     esac
 }
@@ -237,6 +267,38 @@ if [ ${#CFG_LIST[@]} -gt 1 ]; then
         done < <(config_metrics linux)
     fi
 fi
+
+# Per-disk A/B tables of the ab-* boots.
+for name in "${BOOT_NAMES[@]}"; do
+    case "${CFG_OF[$name]}" in ab-*) ;; *) continue ;; esac
+    f="$CACHE_RUNS/$name/results.txt"
+    [ -f "$f" ] || continue
+    echo
+    echo "== A/B inside one boot: $name (vda: ${CFG_OF[$name]#ab-}; MB/s medians of the throughput runs) =="
+    awk "$AWK_KV"'
+        /^disk: /        { pci[kv($0, "name")] = kv($0, "pci") }
+        /^dio_disk: /    { d = kv($0, "disk"); dio[d] = kv($0, "passed") "/" (kv($0, "passed") + kv($0, "failed")) }
+        /^tput_disk: /   { d = kv($0, "disk"); mb[d, kv($0, "mode")] = kv($0, "MBps"); io[d, kv($0, "mode")] = kv($0, "iops") }
+        /^sysfs_device: / { st[kv($0, "name")] = kv($0, "strategy"); maps[kv($0, "name")] = kv($0, "maps")
+                           fl[kv($0, "name")] = kv($0, "failures"); pk[kv($0, "name")] = kv($0, "inflight_bytes_peak") }
+        END {
+            printf "%-5s %-13s %-9s %-9s %10s %10s %10s %9s %12s\n", "disk", "pci", "strategy", "dio",
+                "write_MBps", "read_MBps", "maps", "failures", "peak_bytes"
+            n = split("vda vdb", ds, " ")
+            for (i = 1; i <= n; i++) {
+                d = ds[i]; p = pci[d]
+                printf "%-5s %-13s %-9s %-9s %10s %10s %10s %9s %12s\n", d, p, (p in st) ? st[p] : "-",
+                    (d in dio) ? dio[d] : "-", mb[d, "write"] == "" ? "-" : mb[d, "write"],
+                    mb[d, "read"] == "" ? "-" : mb[d, "read"], (p in maps) ? maps[p] : "-",
+                    (p in fl) ? fl[p] : "-", (p in pk) ? pk[p] : "-"
+            }
+            for (m = 1; m <= 2; m++) {
+                mode = (m == 1) ? "write" : "read"
+                a = mb["vda", mode]; b = mb["vdb", mode]
+                if (a + 0 > 0 && b != "") printf "vdb/vda %s MB/s: %.2fx\n", mode, b / a
+            }
+        }' "$f"
+done
 
 echo
 printf '== times (s): setup %s, kernel build %s, initramfs %s' \

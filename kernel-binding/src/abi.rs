@@ -73,6 +73,28 @@ pub const BOUNCE_FAILURE_COUNT: usize = 7;
 /// Longest strategy name (`bounce_strategy_name`), NUL excluded.
 pub const BOUNCE_NAME_MAX: usize = 31;
 
+/// Longest device name bounce keeps (`dev_name()` is cut there), NUL excluded.
+pub const BOUNCE_DEVICE_NAME_MAX: usize = 32;
+
+/// Bytes of `bounce_device_stats.name`: `BOUNCE_DEVICE_NAME_MAX` and the NUL.
+pub const BOUNCE_DEVICE_NAME_BUF: usize = 33;
+
+/// Bytes of `bounce_device_stats.strategy`: `BOUNCE_NAME_MAX` and the NUL.
+pub const BOUNCE_NAME_BUF: usize = 32;
+
+/// Device slots of an instance (`bounce_device_stats` indices run below it): devices
+/// claim them in the order they first map, the routed ones first; the last slot counts
+/// every device beyond the others.
+pub const BOUNCE_DEVICE_SLOTS: u32 = 16;
+
+/// `bounce_device_stats.lane` of a device the command line leaves to the platform's
+/// own swiotlb (`swiotlb.strategy=<default>,<device>:linux`).
+pub const BOUNCE_LANE_NATIVE: u32 = 255;
+
+/// Entries of `bounce_device_stats.fail_sizes`: failed requests of at most 512 B,
+/// 2 KiB, 4 KiB, 16 KiB, 64 KiB, 256 KiB, and larger.
+pub const BOUNCE_FAIL_SIZE_BUCKETS: usize = 7;
+
 /// The largest `min_align_mask` a device may have (64 KiB - 1): enough for every IOMMU
 /// granule Linux uses, and far enough below a 256 KiB segment that every strategy can
 /// still map something.
@@ -348,6 +370,71 @@ pub struct BounceStats {
     pub blocked_maps: u64,
     /// Nanoseconds those maps waited.
     pub blocked_ns: u64,
+}
+
+/// One device's counters (`bounce_device_stats`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BounceDeviceStats {
+    /// The device's name (`dev_name()`, cut at `BOUNCE_DEVICE_NAME_MAX` bytes),
+    /// NUL-terminated.
+    pub name: [c_char; BOUNCE_DEVICE_NAME_BUF],
+    /// The strategy that serves it ("linux" for `BOUNCE_LANE_NATIVE`), NUL-terminated.
+    pub strategy: [c_char; BOUNCE_NAME_BUF],
+    /// Its strategy instance (0: the default), or `BOUNCE_LANE_NATIVE`.
+    pub lane: u32,
+    /// Successful maps (each scatter-gather entry counts).
+    pub maps: u64,
+    /// Successful unmaps.
+    pub unmaps: u64,
+    /// Successful `sync_*_for_cpu` calls.
+    pub syncs_for_cpu: u64,
+    /// Successful `sync_*_for_device` calls.
+    pub syncs_for_device: u64,
+    /// Bytes copied original -> bounce.
+    pub bytes_to_bounce: u64,
+    /// Bytes copied bounce -> original.
+    pub bytes_from_bounce: u64,
+    /// Syncs or unmaps whose size ran past the mapping and was clamped.
+    pub overflows_clamped: u64,
+    /// Bytes this device has mapped and not unmapped.
+    pub inflight_bytes: u64,
+    /// The most of them at once since the last reset.
+    pub inflight_bytes_peak: u64,
+    /// Operations timed (`BOUNCE_CREATE_TIMING`).
+    pub timed_ops: u64,
+    /// Nanoseconds spent in timed operations, copies included.
+    pub op_ns: u64,
+    /// Nanoseconds of `op_ns` spent copying.
+    pub copy_ns: u64,
+    /// Failed calls by reason, indexed by `BOUNCE_FAILURE_*`.
+    pub failures: [u64; BOUNCE_FAILURE_COUNT],
+    /// Failed calls by request size (`BOUNCE_FAIL_SIZE_BUCKETS`).
+    pub fail_sizes: [u64; BOUNCE_FAIL_SIZE_BUCKETS],
+}
+
+impl Default for BounceDeviceStats {
+    fn default() -> Self {
+        Self {
+            name: [0; BOUNCE_DEVICE_NAME_BUF],
+            strategy: [0; BOUNCE_NAME_BUF],
+            lane: 0,
+            maps: 0,
+            unmaps: 0,
+            syncs_for_cpu: 0,
+            syncs_for_device: 0,
+            bytes_to_bounce: 0,
+            bytes_from_bounce: 0,
+            overflows_clamped: 0,
+            inflight_bytes: 0,
+            inflight_bytes_peak: 0,
+            timed_ops: 0,
+            op_ns: 0,
+            copy_ns: 0,
+            failures: [0; BOUNCE_FAILURE_COUNT],
+            fail_sizes: [0; BOUNCE_FAIL_SIZE_BUCKETS],
+        }
+    }
 }
 
 /// What one `bounce_run_background` call did.

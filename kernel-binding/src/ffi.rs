@@ -16,11 +16,14 @@
 
 use core::ffi::{c_char, c_int};
 
-use bounce_framework::{DmaAddr, DmaAttrs, DmaDirection, PhysAddr, SgEntry, Strategy};
+use bounce_framework::{BounceSnapshot, DmaAddr, DmaAttrs, DmaDirection, PhysAddr, PoolStats, SgEntry, Strategy};
 
 use crate::abi::BOUNCE_ABI_VERSION;
-use crate::abi::{BounceAudit, BounceBackgroundReport, BounceDevice, BounceHooks, BounceSg, BounceStats};
-use crate::errno::{map_errno, EBUSY, EINVAL, ENOTRECOVERABLE, EUCLEAN};
+use crate::abi::{
+    BounceAudit, BounceBackgroundReport, BounceDevice, BounceDeviceStats, BounceHooks, BounceSg, BounceStats,
+    BOUNCE_DEVICE_NAME_BUF, BOUNCE_DEVICE_NAME_MAX, BOUNCE_DEVICE_SLOTS, BOUNCE_FAIL_SIZE_BUCKETS, BOUNCE_LANE_NATIVE,
+};
+use crate::errno::{map_errno, EBUSY, EINVAL, ENOENT, ENOTRECOVERABLE, EUCLEAN};
 use crate::instance::{device_from_c, is_low_mask, Bounce};
 use crate::text::copy_out;
 
@@ -682,6 +685,51 @@ pub unsafe extern "C" fn bounce_is_bounce_buffer(b: *const Bounce, dma: u64) -> 
     })
 }
 
+/// The C statistics of a pool report and the DMA-API counters that go with it.
+fn c_stats(pool: &PoolStats, api: &BounceSnapshot) -> BounceStats {
+    let dbg = pool.debugfs();
+    let c = pool.conversions;
+    BounceStats {
+        io_tlb_nslabs: dbg.io_tlb_nslabs as u64,
+        io_tlb_used: dbg.io_tlb_used as u64,
+        io_tlb_used_hiwater: dbg.io_tlb_used_hiwater as u64,
+        io_tlb_transient_nslabs: dbg.io_tlb_transient_nslabs as u64,
+        capacity_bytes: pool.capacity_bytes as u64,
+        used_bytes: pool.used_bytes as u64,
+        used_hiwater_bytes: pool.used_hiwater_bytes as u64,
+        transient_bytes: pool.transient_bytes as u64,
+        decrypt_calls: c.decrypt_calls,
+        pages_decrypted: c.pages_decrypted,
+        encrypt_calls: c.encrypt_calls,
+        pages_encrypted: c.pages_encrypted,
+        conversion_failures: c.failed_calls,
+        quarantined_pages: c.quarantined_pages,
+        page_alloc_failures: c.alloc_failures,
+        conversion_ns: c.conversion_ns,
+        shared_bytes: c.shared_bytes,
+        shared_bytes_peak: c.shared_bytes_peak,
+        refill_wakeups: pool.refill.wakeups,
+        refill_grow_batches: pool.refill.grow_batches,
+        refill_shrink_batches: pool.refill.shrink_batches,
+        refill_busy_ns: pool.refill.busy_ns,
+        maps: api.maps,
+        unmaps: api.unmaps,
+        syncs_for_cpu: api.syncs_for_cpu,
+        syncs_for_device: api.syncs_for_device,
+        bytes_to_bounce: api.bytes_to_bounce,
+        bytes_from_bounce: api.bytes_from_bounce,
+        overflows_clamped: api.overflows_clamped,
+        inflight_bytes: api.inflight_bytes,
+        inflight_bytes_peak: api.inflight_bytes_peak,
+        timed_ops: api.timed_ops,
+        op_ns: api.op_ns,
+        copy_ns: api.copy_ns,
+        failures: api.failures,
+        blocked_maps: api.blocked_maps,
+        blocked_ns: api.blocked_ns,
+    }
+}
+
 /// Fills `*out` with a statistics snapshot (debugfs numbers and bounce's counters).
 /// Returns 0, or `-EINVAL` for a NULL `b` or `out`.
 ///
@@ -698,52 +746,165 @@ pub unsafe extern "C" fn bounce_stats(b: *const Bounce, out: *mut BounceStats) -
         if out.is_null() {
             return inst.bad_argument(format_args!("{WHAT}: out is NULL"));
         }
-        let pool = inst.bouncer().pool_stats();
-        let dbg = pool.debugfs();
-        let api = inst.bouncer().stats();
-        let c = pool.conversions;
-        let s = BounceStats {
-            io_tlb_nslabs: dbg.io_tlb_nslabs as u64,
-            io_tlb_used: dbg.io_tlb_used as u64,
-            io_tlb_used_hiwater: dbg.io_tlb_used_hiwater as u64,
-            io_tlb_transient_nslabs: dbg.io_tlb_transient_nslabs as u64,
-            capacity_bytes: pool.capacity_bytes as u64,
-            used_bytes: pool.used_bytes as u64,
-            used_hiwater_bytes: pool.used_hiwater_bytes as u64,
-            transient_bytes: pool.transient_bytes as u64,
-            decrypt_calls: c.decrypt_calls,
-            pages_decrypted: c.pages_decrypted,
-            encrypt_calls: c.encrypt_calls,
-            pages_encrypted: c.pages_encrypted,
-            conversion_failures: c.failed_calls,
-            quarantined_pages: c.quarantined_pages,
-            page_alloc_failures: c.alloc_failures,
-            conversion_ns: c.conversion_ns,
-            shared_bytes: c.shared_bytes,
-            shared_bytes_peak: c.shared_bytes_peak,
-            refill_wakeups: pool.refill.wakeups,
-            refill_grow_batches: pool.refill.grow_batches,
-            refill_shrink_batches: pool.refill.shrink_batches,
-            refill_busy_ns: pool.refill.busy_ns,
-            maps: api.maps,
-            unmaps: api.unmaps,
-            syncs_for_cpu: api.syncs_for_cpu,
-            syncs_for_device: api.syncs_for_device,
-            bytes_to_bounce: api.bytes_to_bounce,
-            bytes_from_bounce: api.bytes_from_bounce,
-            overflows_clamped: api.overflows_clamped,
-            inflight_bytes: api.inflight_bytes,
-            inflight_bytes_peak: api.inflight_bytes_peak,
-            timed_ops: api.timed_ops,
-            op_ns: api.op_ns,
-            copy_ns: api.copy_ns,
-            failures: api.failures,
-            blocked_maps: api.blocked_maps,
-            blocked_ns: api.blocked_ns,
-        };
+        let s = c_stats(&inst.bouncer().pool_stats(), &inst.bouncer().stats());
         // SAFETY: checked non-NULL; writable (caller).
         unsafe { out.write(s) };
         0
+    })
+}
+
+// The ABI's constants are the framework's.
+const _: () = assert!(BOUNCE_DEVICE_NAME_MAX == bounce_framework::DEVICE_NAME_MAX);
+const _: () = assert!(BOUNCE_DEVICE_NAME_BUF == BOUNCE_DEVICE_NAME_MAX + 1);
+const _: () = assert!(crate::abi::BOUNCE_NAME_BUF == crate::abi::BOUNCE_NAME_MAX + 1);
+const _: () = assert!(BOUNCE_DEVICE_SLOTS as usize == bounce_framework::DEVICE_SLOTS);
+const _: () = assert!(BOUNCE_FAIL_SIZE_BUCKETS == bounce_framework::FAIL_SIZE_BOUNDS.len());
+const _: () = assert!(BOUNCE_LANE_NATIVE == bounce_framework::devices::NATIVE as u32);
+
+/// Strategy instances (*lanes*) of the instance: 1 without per-device routes, one more
+/// per further strategy `swiotlb.strategy=<default>,<device>:<strategy>,...` names.
+/// `-EINVAL` for a NULL `b`.
+///
+/// # Context
+/// Any context.
+///
+/// # Safety
+/// `b` is NULL or a live instance.
+#[no_mangle]
+pub unsafe extern "C" fn bounce_lane_count(b: *const Bounce) -> c_int {
+    // SAFETY: `b` is NULL or a live instance (caller).
+    entry(unsafe { b.as_ref() }, "bounce_lane_count", |inst| {
+        c_int::try_from(inst.bouncer().lanes().len()).unwrap_or(c_int::MAX)
+    })
+}
+
+/// The strategy name of lane `lane` as a NUL-terminated string that lives as long as
+/// the instance; NULL for a NULL `b` or a lane that does not exist.
+///
+/// # Safety
+/// `b` is NULL or a live instance.
+#[no_mangle]
+pub unsafe extern "C" fn bounce_lane_name(b: *const Bounce, lane: u32) -> *const c_char {
+    // SAFETY: the caller passes NULL or a live instance.
+    unsafe { b.as_ref() }.map_or(core::ptr::null(), |inst| inst.lane_name_ptr(lane as usize))
+}
+
+/// Fills `*out` with lane `lane`'s statistics: its pool's figures and the DMA-API
+/// counters of the devices it serves (in-flight figures summed over them). Returns 0,
+/// `-ENOENT` for a lane that does not exist, `-EINVAL` for a NULL `b` or `out`.
+///
+/// # Context
+/// Any context.
+///
+/// # Safety
+/// `b` is NULL or a live instance; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn bounce_lane_stats(b: *const Bounce, lane: u32, out: *mut BounceStats) -> c_int {
+    const WHAT: &str = "bounce_lane_stats";
+    // SAFETY: `b` is NULL or a live instance (caller).
+    entry(unsafe { b.as_ref() }, WHAT, |inst| {
+        if out.is_null() {
+            return inst.bad_argument(format_args!("{WHAT}: out is NULL"));
+        }
+        let lane = lane as usize;
+        let Some(s) = inst.bouncer().lanes().get(lane) else { return -ENOENT };
+        let st = c_stats(&s.stats(), &inst.bouncer().lane_stats(lane));
+        // SAFETY: checked non-NULL; writable (caller).
+        unsafe { out.write(st) };
+        0
+    })
+}
+
+/// Fills `*out` with the counters of device slot `index` (0 to
+/// `BOUNCE_DEVICE_SLOTS - 1`): the device's name, the strategy that serves it, and what
+/// it did. Returns 0, `-ENOENT` for a slot no device has claimed (or the overflow slot
+/// while it counted nothing), `-EINVAL` for a NULL `b` or `out`.
+///
+/// # Context
+/// Any context; never allocates.
+///
+/// # Safety
+/// `b` is NULL or a live instance; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn bounce_device_stats(b: *const Bounce, index: u32, out: *mut BounceDeviceStats) -> c_int {
+    const WHAT: &str = "bounce_device_stats";
+    // SAFETY: `b` is NULL or a live instance (caller).
+    entry(unsafe { b.as_ref() }, WHAT, |inst| {
+        if out.is_null() {
+            return inst.bad_argument(format_args!("{WHAT}: out is NULL"));
+        }
+        let Some(d) = inst.bouncer().device_at(index as usize) else { return -ENOENT };
+        let mut st = BounceDeviceStats {
+            lane: u32::try_from(d.lane).unwrap_or(BOUNCE_LANE_NATIVE),
+            maps: d.stats.maps,
+            unmaps: d.stats.unmaps,
+            syncs_for_cpu: d.stats.syncs_for_cpu,
+            syncs_for_device: d.stats.syncs_for_device,
+            bytes_to_bounce: d.stats.bytes_to_bounce,
+            bytes_from_bounce: d.stats.bytes_from_bounce,
+            overflows_clamped: d.stats.overflows_clamped,
+            inflight_bytes: d.stats.inflight_bytes,
+            inflight_bytes_peak: d.stats.inflight_bytes_peak,
+            timed_ops: d.stats.timed_ops,
+            op_ns: d.stats.op_ns,
+            copy_ns: d.stats.copy_ns,
+            failures: d.stats.failures,
+            fail_sizes: d.fail_sizes,
+            ..BounceDeviceStats::default()
+        };
+        fill_c_string(&mut st.name, d.name());
+        let strategy = inst.bouncer().lanes().get(d.lane).map_or(bounce_framework::NATIVE_ROUTE, |s| s.name());
+        fill_c_string(&mut st.strategy, strategy);
+        // SAFETY: checked non-NULL; writable (caller).
+        unsafe { out.write(st) };
+        0
+    })
+}
+
+/// Copies `text` into a NUL-terminated C array, cut to fit.
+fn fill_c_string<const N: usize>(dst: &mut [c_char; N], text: &str) {
+    let n = text.len().min(N.saturating_sub(1));
+    for (d, &b) in dst.iter_mut().zip(&text.as_bytes()[..n]) {
+        *d = c_char::from_ne_bytes([b]);
+    }
+    if let Some(end) = dst.get_mut(n) {
+        *end = 0;
+    }
+}
+
+/// Whether a strategy of this instance serves `dev`: 1, or 0 for a device the command
+/// line leaves to the platform's own swiotlb (`<device>:linux`), whose mappings the
+/// caller makes elsewhere. `-EINVAL` for a NULL `b` or `dev` or a bad device.
+///
+/// # Context
+/// Any context; never allocates.
+///
+/// # Safety
+/// `b` is NULL or a live instance; `dev` as for `bounce_map_single`.
+#[no_mangle]
+pub unsafe extern "C" fn bounce_serves_device(b: *const Bounce, dev: *const BounceDevice) -> c_int {
+    const WHAT: &str = "bounce_serves_device";
+    // SAFETY: `b` is NULL or a live instance (caller).
+    entry(unsafe { b.as_ref() }, WHAT, |inst| {
+        // SAFETY: `dev` is NULL or a valid device (caller).
+        match unsafe { device(inst, WHAT, dev) } {
+            Ok(d) => c_int::from(inst.bouncer().serves(&d)),
+            Err(rc) => rc,
+        }
+    })
+}
+
+/// Devices the command line leaves to the platform's own swiotlb (`<device>:linux`
+/// routes): when 0, `bounce_serves_device` is 1 for every device. `-EINVAL` for a
+/// NULL `b`.
+///
+/// # Safety
+/// `b` is NULL or a live instance.
+#[no_mangle]
+pub unsafe extern "C" fn bounce_native_routes(b: *const Bounce) -> c_int {
+    // SAFETY: `b` is NULL or a live instance (caller).
+    entry(unsafe { b.as_ref() }, "bounce_native_routes", |inst| {
+        c_int::try_from(inst.bouncer().native_routes()).unwrap_or(c_int::MAX)
     })
 }
 

@@ -39,6 +39,8 @@ pub struct Bounce {
     errors: Box<[IrqMutex<HookLock, ErrorSlot>]>,
     /// The strategy's name, NUL-terminated.
     name: [u8; crate::abi::BOUNCE_NAME_MAX + 1],
+    /// Each lane's strategy name, NUL-terminated (unused lanes empty).
+    lane_names: [[u8; crate::abi::BOUNCE_NAME_MAX + 1]; bounce_framework::MAX_LANES],
     /// Set when an entry point panicked (std flavour): every later call fails.
     poisoned: AtomicBool,
 }
@@ -120,7 +122,7 @@ impl Bounce {
                 .to_str()
                 .map_err(|e| CreateError::new(EINVAL, format_args!("command line is not UTF-8: {e}")))?
         };
-        let boot = BootConfig::parse(text, KNOWN_STRATEGIES)
+        let boot = BootConfig::parse_with_native(text, KNOWN_STRATEGIES)
             .map_err(|e| CreateError::new(cmdline_errno(&e), format_args!("command line: {e}")))?;
         if boot.swiotlb.force == Some(ForceMode::NoForce) {
             return Err(CreateError::new(
@@ -146,13 +148,21 @@ impl Bounce {
             force: boot.swiotlb.force == Some(ForceMode::Force) || platform.is_confidential(),
             trace: platform.has_trace(),
         };
-        let mut name = [0u8; crate::abi::BOUNCE_NAME_MAX + 1];
-        let n = lanes[0].name();
-        let take = n.len().min(crate::abi::BOUNCE_NAME_MAX);
-        name[..take].copy_from_slice(&n.as_bytes()[..take]);
+        let c_name = |n: &str| {
+            let mut name = [0u8; crate::abi::BOUNCE_NAME_MAX + 1];
+            let take = n.len().min(crate::abi::BOUNCE_NAME_MAX);
+            name[..take].copy_from_slice(&n.as_bytes()[..take]);
+            name
+        };
+        let name = c_name(lanes[0].name());
+        let mut lane_names = [[0u8; crate::abi::BOUNCE_NAME_MAX + 1]; bounce_framework::MAX_LANES];
+        for (dst, l) in lane_names.iter_mut().zip(&lanes) {
+            *dst = c_name(l.name());
+        }
         let bouncer = Bouncer::with_lanes(platform, lanes, &routes, options)
             .map_err(|e| CreateError::new(init_errno(&e), format_args!("routing: {e}")))?;
-        let inst = Self { bouncer, errors: errors.into_boxed_slice(), name, poisoned: AtomicBool::new(false) };
+        let inst =
+            Self { bouncer, errors: errors.into_boxed_slice(), name, lane_names, poisoned: AtomicBool::new(false) };
         try_box(inst).ok_or_else(|| CreateError::new(ENOMEM, format_args!("no memory for the instance")))
     }
 
@@ -164,6 +174,16 @@ impl Bounce {
     /// The strategy's name as a NUL-terminated C string (lives as long as `self`).
     pub fn name_ptr(&self) -> *const c_char {
         self.name.as_ptr().cast()
+    }
+
+    /// Lane `lane`'s strategy name as a NUL-terminated C string (lives as long as
+    /// `self`); NULL for a lane that does not exist.
+    pub fn lane_name_ptr(&self, lane: usize) -> *const c_char {
+        if lane < self.bouncer.lanes().len() {
+            self.lane_names.get(lane).map_or(core::ptr::null(), |n| n.as_ptr().cast())
+        } else {
+            core::ptr::null()
+        }
     }
 
     /// Whether a panic poisoned the instance.

@@ -67,7 +67,7 @@ fn each_device_maps_through_its_own_instance() {
     // happened; each instance's figures are its devices'.
     let per_dev = b.device_stats();
     for (dev, lane) in devices {
-        let d = per_dev.iter().find(|d| d.name == dev.name()).unwrap();
+        let d = per_dev.iter().find(|d| d.name() == dev.name()).unwrap();
         assert_eq!((d.lane, d.stats.maps, d.stats.unmaps), (lane, 2, 2), "{d:?}");
         assert_eq!(d.stats.failures_of(FailureReason::UnknownAddress), 2);
         assert_eq!(d.stats.bytes_to_bounce, 6000);
@@ -140,7 +140,7 @@ fn devices_beyond_the_table_share_the_overflow_slot() {
     let per_dev = b.device_stats();
     assert_eq!(per_dev.len(), DEVICE_SLOTS);
     let overflow = per_dev.last().unwrap();
-    assert_eq!(overflow.name, OVERFLOW_DEVICE);
+    assert_eq!(overflow.name(), OVERFLOW_DEVICE);
     assert_eq!(overflow.stats.maps, (n - (DEVICE_SLOTS - 1)) as u64);
     assert_eq!(per_dev.iter().map(|d| d.stats.maps).sum::<u64>(), n as u64);
     assert_eq!(b.stats().maps, n as u64);
@@ -153,7 +153,7 @@ fn a_failed_map_is_counted_by_device_reason_and_size() {
     let dev = Device::new("virtio1");
     // Larger than the magazine instance's largest class: too large for it.
     let e = b.map_single(&dev, orig, 512 << 10, DmaDirection::ToDevice, DmaAttrs::NO_WARN).unwrap_err();
-    let d = b.device_stats().into_iter().find(|d| d.name == "virtio1").unwrap();
+    let d = b.device_stats().into_iter().find(|d| d.name() == "virtio1").unwrap();
     assert_eq!(d.stats.failures_of(e.reason()), 1);
     let bucket = bounce_framework::fail_size_bucket(512 << 10);
     assert_eq!(d.fail_sizes[bucket], 1);

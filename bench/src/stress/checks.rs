@@ -58,7 +58,10 @@ pub(super) fn final_checks<S: Strategy>(
         if d.stats.maps != d.stats.unmaps || d.stats.inflight_bytes != 0 {
             p.push(format!(
                 "device {}: {} maps, {} unmaps, {} bytes in flight after the drain",
-                d.name, d.stats.maps, d.stats.unmaps, d.stats.inflight_bytes
+                d.name(),
+                d.stats.maps,
+                d.stats.unmaps,
+                d.stats.inflight_bytes
             ));
         }
     }

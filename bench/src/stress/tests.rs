@@ -8,7 +8,7 @@ use crate::registry::fixture::Classes;
 
 fn cfg() -> StressConfig {
     StressConfig {
-        machine: Machine { platform: PlatformKind::Plain, memory: 256 << 20, boot: BootConfig::default() },
+        machine: Machine { platform: PlatformKind::Plain, memory: 256 << 20, boot: BootConfig::default(), lanes: None },
         duration: Duration::from_millis(400),
         threads: 2,
         seed: 3,

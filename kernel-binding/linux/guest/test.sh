@@ -17,6 +17,11 @@
 #   bouncetest.skip=bench,tput    skip phases (dio, bench, tput)
 #   bouncetest.dio_fault=1        self-test of the checker: dio -F flips a byte on disk
 #                                 per size, so the run must report integrity=FAIL
+# With a second disk (/dev/vdb, boot.sh --disks 2) the dio integrity and throughput
+# phases run on both disks at once, and the result block gets per-disk lines
+# (dio_disk:, tput_disk:); every boot with the bounce patch reports the per-device
+# counters of /sys/kernel/bounce (sysfs_device:, sysfs_lane:),
+# so two strategies (or Linux's swiotlb and a strategy) compare inside one boot.
 # The strategy label comes from swiotlb.strategy= ("linux" when absent); the strategy
 # that actually runs from debugfs swiotlb/bounce_strategy (the bounce patch; "linux"
 # when no strategy is active or the kernel has no bounce patch).
@@ -121,6 +126,14 @@ for d in /sys/bus/pci/devices/*; do
     echo "  $(basename "$d") $(cat "$d/vendor"):$(cat "$d/device") class=$(cat "$d/class") driver=$drv"
 done
 [ -b /dev/vda ] || say "ERROR: /dev/vda missing"
+DISKS=vda
+[ -b /dev/vdb ] && DISKS="vda vdb"
+for disk in $DISKS; do
+    # The PCI device a disk's DMA goes through: the name swiotlb.strategy= routes use.
+    pci=$(basename "$(readlink -f "/sys/block/$disk/device/..")")
+    say "disk /dev/$disk on $pci"
+    res "disk: name=$disk pci=$pci"
+done
 
 # Binds the kernel's dma_map_benchmark driver to a PCI device nobody drives. The driver
 # has no ID table, so driver_override is the only way in. Preference: qemu's
@@ -152,19 +165,34 @@ FAIL=0
 if skipped dio; then
     res "dio: passed=0 failed=0 rc=skipped"
 else
-    say "dio integrity: $DIO_THREADS threads on /dev/vda ${DIO_FAULT:+(fault injection self-test)}"
+    say "dio integrity: $DIO_THREADS threads on each of: $DISKS ${DIO_FAULT:+(fault injection self-test)}"
     swiotlb_reset_hiwater
     T0=$(cut -d' ' -f1 /proc/uptime)
-    dio -d /dev/vda -t "$DIO_THREADS" $DIO_FAULT > /tmp/dio.out 2>&1
-    rc=$?
-    cat /tmp/dio.out
-    grep '^dio: size=' /tmp/dio.out | sed 's/^dio: size=/dio_size: size=/' >> "$RES"
-    grep '^dio:   first error' /tmp/dio.out | sed 's/^dio:   first error: /dio_error: msg=/' >> "$RES"
-    summary=$(grep -E '^dio: [0-9]+ passed, [0-9]+ failed' /tmp/dio.out | tail -n 1)
-    passed=$(echo "$summary" | sed -n 's/^dio: \([0-9]*\) passed.*/\1/p')
-    failed=$(echo "$summary" | sed -n 's/.* \([0-9]*\) failed.*/\1/p')
-    res "dio: passed=${passed:-0} failed=${failed:-unknown} rc=$rc seconds=$(awk "BEGIN{print $(cut -d' ' -f1 /proc/uptime)-$T0}")"
-    [ "$rc" = 0 ] && [ -n "$summary" ] || FAIL=1
+    # One checker per disk, all at once.
+    for disk in $DISKS; do
+        ( dio -d "/dev/$disk" -t "$DIO_THREADS" $DIO_FAULT > "/tmp/dio.$disk.out" 2>&1
+          echo $? > "/tmp/dio.$disk.rc" ) &
+    done
+    wait
+    rc=0
+    passed=0
+    failed=0
+    for disk in $DISKS; do
+        cat "/tmp/dio.$disk.out"
+        drc=$(cat "/tmp/dio.$disk.rc")
+        grep '^dio: size=' "/tmp/dio.$disk.out" | sed "s/^dio: size=/dio_size: disk=$disk size=/" >> "$RES"
+        grep '^dio:   first error' "/tmp/dio.$disk.out" | sed "s/^dio:   first error: /dio_error: disk=$disk msg=/" >> "$RES"
+        summary=$(grep -E '^dio: [0-9]+ passed, [0-9]+ failed' "/tmp/dio.$disk.out" | tail -n 1)
+        p=$(echo "$summary" | sed -n 's/^dio: \([0-9]*\) passed.*/\1/p')
+        f=$(echo "$summary" | sed -n 's/.* \([0-9]*\) failed.*/\1/p')
+        if [ "$DISKS" != vda ]; then
+            res "dio_disk: disk=$disk passed=${p:-0} failed=${f:-unknown} rc=$drc"
+        fi
+        [ "$drc" = 0 ] && [ -n "$summary" ] || { FAIL=1; rc=$drc; }
+        passed=$((passed + ${p:-0}))
+        failed=$((failed + ${f:-0}))
+    done
+    res "dio: passed=$passed failed=$failed rc=$rc seconds=$(awk "BEGIN{print $(cut -d' ' -f1 /proc/uptime)-$T0}")"
     swiotlb_dump after_dio
 fi
 
@@ -215,15 +243,26 @@ fi
 if ! skipped tput; then
     swiotlb_reset_hiwater
     : > /tmp/tput.all
+    : > /tmp/tput.other
     r=0
     while [ "$r" -lt "$TPUT_REPS" ]; do
         r=$((r + 1))
-        say "throughput: dio -T $TPUT_SECONDS -b $TPUT_BS -t $TPUT_THREADS (rep $r/$TPUT_REPS)"
-        dio -d /dev/vda -T "$TPUT_SECONDS" -b "$TPUT_BS" -t "$TPUT_THREADS" > /tmp/tput.out 2>&1
-        rc=$?
-        cat /tmp/tput.out
-        grep '^tput: ' /tmp/tput.out >> /tmp/tput.all
-        [ "$rc" = 0 ] || res "tput_error: rc=$rc rep=$r"
+        say "throughput: dio -T $TPUT_SECONDS -b $TPUT_BS -t $TPUT_THREADS on $DISKS (rep $r/$TPUT_REPS)"
+        for disk in $DISKS; do
+            ( dio -d "/dev/$disk" -T "$TPUT_SECONDS" -b "$TPUT_BS" -t "$TPUT_THREADS" > "/tmp/tput.$disk.out" 2>&1
+              echo $? > "/tmp/tput.$disk.rc" ) &
+        done
+        wait
+        for disk in $DISKS; do
+            cat "/tmp/tput.$disk.out"
+            rc=$(cat "/tmp/tput.$disk.rc")
+            if [ "$disk" = vda ]; then
+                grep '^tput: ' "/tmp/tput.$disk.out" >> /tmp/tput.all
+            else
+                grep '^tput: ' "/tmp/tput.$disk.out" | sed "s/^tput: /tput: disk=$disk /" >> /tmp/tput.other
+            fi
+            [ "$rc" = 0 ] || res "tput_error: disk=$disk rc=$rc rep=$r"
+        done
     done
     sed 's/^tput: /tput_run: /' /tmp/tput.all >> "$RES"
     for mode in write read; do
@@ -234,7 +273,46 @@ if ! skipped tput; then
             "MBps=$(median /tmp/tput.$mode 1) MBps_min=$(column_min /tmp/tput.$mode 1)" \
             "iops=$(median /tmp/tput.$mode 2) errors=$(awk '{ e += $3 } END { print e + 0 }' /tmp/tput.$mode)"
     done
+    # Per disk (A/B boots): the same medians for each disk, vda's from /tmp/tput.all.
+    if [ "$DISKS" != vda ]; then
+        for disk in $DISKS; do
+            for mode in write read; do
+                if [ "$disk" = vda ]; then src=/tmp/tput.all; else src=/tmp/tput.other; fi
+                grep "mode=$mode " "$src" | sed -n 's/.* MBps=\([0-9.]*\) iops=\([0-9.]*\) errors=\([0-9]*\).*/\1 \2 \3/p' > /tmp/tput.d
+                [ -s /tmp/tput.d ] || continue
+                res "tput_disk: disk=$disk mode=$mode bs=$TPUT_BS threads=$TPUT_THREADS MBps=$(median /tmp/tput.d 1)" \
+                    "MBps_all=$(column_list /tmp/tput.d 1) iops=$(median /tmp/tput.d 2)" \
+                    "errors=$(awk '{ e += $3 } END { print e + 0 }' /tmp/tput.d)"
+            done
+        done
+    fi
     swiotlb_dump after_tput
+fi
+
+# ---------------------------------------------------------------- /sys/kernel/bounce
+# Per-device counters without debugfs (the bounce patch; absent on other kernels).
+SYSB=/sys/kernel/bounce
+if [ -d "$SYSB" ]; then
+    res "sysfs: strategy=$(cat "$SYSB/strategy")"
+    for d in "$SYSB"/device*; do
+        [ -d "$d" ] || continue
+        name=$(cat "$d/name")
+        [ -n "$name" ] || continue
+        line="name=$name"
+        for f in strategy lane maps unmaps bytes_to_bounce bytes_from_bounce failures inflight_bytes inflight_bytes_peak; do
+            line="$line $f=$(cat "$d/$f")"
+        done
+        say "sysfs device: $line"
+        res "sysfs_device: $line"
+    done
+    for d in "$SYSB"/lane*; do
+        [ -d "$d" ] || continue
+        line="lane=${d##*/lane}"
+        for f in strategy maps failures capacity_bytes shared_bytes shared_bytes_peak; do
+            line="$line $f=$(cat "$d/$f")"
+        done
+        res "sysfs_lane: $line"
+    done
 fi
 
 # ---------------------------------------------------------------- kernel log

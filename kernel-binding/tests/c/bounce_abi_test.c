@@ -926,6 +926,9 @@ static void test_create_failures(void)
 	FAILS("swiotlb.strategy=legacy swiotlb.magazine.nonsense=1", &h, 0, -EINVAL, "nonsense");
 	FAILS("swiotlb.strategy=legacy swiotlb.strategy=dynamic", &h, 0, -EINVAL, "swiotlb.strategy");
 	FAILS("swiotlb=noforce", &h, 0, -ENODEV, "noforce");
+	FAILS("swiotlb.strategy=legacy,virtio1:slab", &h, 0, -EINVAL, "unknown strategy `slab`");
+	FAILS("swiotlb.strategy=legacy,virtio1", &h, 0, -EINVAL, "`<device>:<strategy>`");
+	FAILS("swiotlb.strategy=linux", &h, 0, -EINVAL, "unknown strategy `linux`");
 	FAILS("swiotlb=4096", &h, 0x80, -EINVAL, "flags");
 
 	struct bounce_hooks bad = h;
@@ -986,6 +989,82 @@ static void test_create_failures(void)
 #undef FAILS
 }
 
+/* ------------------------------------------------------------ per-device routes */
+
+/* Finds device `name` among the device slots; -1 when no slot holds it. */
+static int find_device(struct bounce *b, const char *name, struct bounce_device_stats *out)
+{
+	for (uint32_t i = 0; i < BOUNCE_DEVICE_SLOTS; i++)
+		if (bounce_device_stats(b, i, out) == 0 && strcmp(out->name, name) == 0)
+			return (int)i;
+	return -1;
+}
+
+static void test_routes(void)
+{
+	static const char cmdline[] = "swiotlb=2048 swiotlb.strategy=legacy,virtio1:magazine,vda:linux "
+				      "swiotlb.magazine.classes=2K:64,64K:4 swiotlb.magazine.cap=8M";
+	struct env e;
+	struct bounce_device_stats d;
+	struct bounce_stats s;
+	struct bounce_device virtio1 = { .name = "virtio1", .dma_mask = UINT64_MAX, .max_segment_size = 65536 };
+	struct bounce_device vda = { .name = "vda", .dma_mask = UINT64_MAX, .max_segment_size = 65536 };
+	uint64_t dma[4];
+
+	if (env_init(&e, "legacy", cmdline, 0) != 0) {
+		if (e.g.mem)
+			guest_fini(&e.g);
+		return;
+	}
+	cur = "routes";
+	CHECK(bounce_lane_count(e.b) == 2, "lanes %d", bounce_lane_count(e.b));
+	CHECK(strcmp(bounce_lane_name(e.b, 0), "legacy") == 0 && strcmp(bounce_lane_name(e.b, 1), "magazine") == 0,
+	      "lane names");
+	CHECK(bounce_lane_name(e.b, 2) == NULL && bounce_lane_name(NULL, 0) == NULL, "lane name out of range");
+	CHECK(bounce_native_routes(e.b) == 1, "native routes %d", bounce_native_routes(e.b));
+	CHECK(bounce_serves_device(e.b, &vda) == 0, "vda is Linux's");
+	CHECK(bounce_serves_device(e.b, &virtio1) == 1 && bounce_serves_device(e.b, &e.net) == 1, "served devices");
+	CHECK(bounce_serves_device(e.b, NULL) == -EINVAL, "serves NULL device");
+	atomic_fetch_add(&e.exp_fail[BOUNCE_FAILURE_BAD_ARGUMENT], 1);
+
+	uint64_t orig = guest_alloc_private(&e.g, 4 * G_PAGE);
+	CHECK(orig != 0, "private memory");
+	for (int i = 0; i < 3; i++)
+		CHECK(map_retry(&e, &virtio1, orig + i * G_PAGE, 3000, 0, BOUNCE_DMA_TO_DEVICE, 0, &dma[i]) == 0,
+		      "map on virtio1: %s", last_err(&e));
+	CHECK(map_retry(&e, &e.net, orig + 3 * G_PAGE, 1000, 0, BOUNCE_DMA_TO_DEVICE, 0, &dma[3]) == 0, "map on net");
+
+	CHECK(find_device(e.b, "virtio1", &d) >= 0, "virtio1 has a slot");
+	CHECK(d.lane == 1 && strcmp(d.strategy, "magazine") == 0 && d.maps == 3 && d.inflight_bytes == 9000,
+	      "virtio1: lane %u %s maps %llu inflight %llu", d.lane, d.strategy, (unsigned long long)d.maps,
+	      (unsigned long long)d.inflight_bytes);
+	CHECK(find_device(e.b, "vda", &d) >= 0 && d.lane == BOUNCE_LANE_NATIVE && strcmp(d.strategy, "linux") == 0 &&
+		      d.maps == 0,
+	      "vda: routed to Linux's swiotlb");
+	CHECK(find_device(e.b, "virtio-net", &d) >= 0 && d.lane == 0 && strcmp(d.strategy, "legacy") == 0 &&
+		      d.maps == 1,
+	      "virtio-net: the default");
+	CHECK(bounce_lane_stats(e.b, 1, &s) == 0 && s.maps == 3 && s.capacity_bytes > 0, "lane 1 stats: %llu maps",
+	      (unsigned long long)s.maps);
+	CHECK(bounce_lane_stats(e.b, 0, &s) == 0 && s.maps == 1, "lane 0 stats");
+	CHECK(bounce_lane_stats(e.b, 2, &s) == -ENOENT, "lane 2 does not exist");
+	CHECK(bounce_device_stats(e.b, BOUNCE_DEVICE_SLOTS, &d) == -ENOENT, "slot past the table");
+	CHECK(bounce_device_stats(e.b, 0, NULL) == -EINVAL, "device stats NULL out");
+	CHECK(bounce_lane_stats(e.b, 0, NULL) == -EINVAL, "lane stats NULL out");
+	atomic_fetch_add(&e.exp_fail[BOUNCE_FAILURE_BAD_ARGUMENT], 2);
+	CHECK(bounce_device_stats(NULL, 0, &d) == -EINVAL && bounce_lane_count(NULL) == -EINVAL, "NULL instance");
+
+	/* Each mapping goes back through the instance that made it, whoever unmaps it. */
+	for (int i = 0; i < 4; i++)
+		CHECK(bounce_unmap_single(e.b, i == 0 ? &e.net : &virtio1, dma[i], i == 3 ? 1000 : 3000,
+					  BOUNCE_DMA_TO_DEVICE, 0) == 0,
+		      "unmap %d: %s", i, last_err(&e));
+	CHECK(bounce_stats(e.b, &s) == 0 && s.maps == 4 && s.unmaps == 4 && s.inflight_bytes == 0, "totals");
+	check_stats(&e, 0, "routes");
+	guest_free_private(&e.g, orig, 4 * G_PAGE);
+	env_fini(&e);
+}
+
 /* ------------------------------------------------------------ main */
 
 struct strategy_case {
@@ -1016,6 +1095,8 @@ int main(int argc, char **argv)
 	/* The first successful create installs the process-wide IRQ pair; make sure the
 	 * one that does is ours (create failures run first, all with the same pair). */
 	test_create_failures();
+	if (!only)
+		test_routes();
 
 	for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
 		struct env e;
