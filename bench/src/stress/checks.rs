@@ -8,6 +8,7 @@ use super::{bytes, Bouncer, Counts, FailureReason, Problems, SimGuest, Strategy,
 pub(super) fn final_checks<S: Strategy>(
     bouncer: &Bouncer<SimGuest, S>,
     guest: &SimGuest,
+    device_names: &[String],
     c: &Counts,
     p: &mut Problems,
 ) -> String {
@@ -52,6 +53,17 @@ pub(super) fn final_checks<S: Strategy>(
     ] {
         if per_device != total {
             p.push(format!("statistics: the devices count {per_device} {what} between them, the totals {total}"));
+        }
+    }
+    // Each plan device's counters against what the threads counted for it.
+    for (i, name) in device_names.iter().enumerate().take(super::MAX_DEVICES) {
+        let (maps, unmaps) =
+            devices.iter().find(|d| d.name() == name.as_str()).map_or((0, 0), |d| (d.stats.maps, d.stats.unmaps));
+        if (maps, unmaps) != (c.maps_by_device[i], c.unmaps_by_device[i]) {
+            p.push(format!(
+                "statistics: device {name} counts {maps} maps and {unmaps} unmaps, the threads made {} and {}",
+                c.maps_by_device[i], c.unmaps_by_device[i]
+            ));
         }
     }
     for d in &devices {

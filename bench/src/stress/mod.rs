@@ -176,7 +176,17 @@ pub struct Counts {
     /// Failed maps, indexed by [`FailureReason`].
     #[serde(skip)]
     pub failures: [u64; FailureReason::COUNT],
+    /// Successful maps per plan device (entries counted), compared with the bouncer's
+    /// per-device statistics.
+    #[serde(skip)]
+    pub maps_by_device: [u64; MAX_DEVICES],
+    /// Successful unmaps per plan device.
+    #[serde(skip)]
+    pub unmaps_by_device: [u64; MAX_DEVICES],
 }
+
+/// Plan devices the per-device counts hold (the stress plan has four).
+pub const MAX_DEVICES: usize = 8;
 
 impl Counts {
     fn add(&mut self, o: &Self) {
@@ -199,6 +209,28 @@ impl Counts {
         self.pressure_maps += o.pressure_maps;
         for (a, b) in self.failures.iter_mut().zip(o.failures) {
             *a += b;
+        }
+        for (a, b) in self.maps_by_device.iter_mut().zip(o.maps_by_device) {
+            *a += b;
+        }
+        for (a, b) in self.unmaps_by_device.iter_mut().zip(o.unmaps_by_device) {
+            *a += b;
+        }
+    }
+
+    /// Counts `n` successful maps of plan device `d`.
+    pub(crate) fn mapped(&mut self, d: usize, n: u64) {
+        self.maps += n;
+        if let Some(c) = self.maps_by_device.get_mut(d) {
+            *c += n;
+        }
+    }
+
+    /// Counts `n` successful unmaps of plan device `d`.
+    pub(crate) fn unmapped(&mut self, d: usize, n: u64) {
+        self.unmaps += n;
+        if let Some(c) = self.unmaps_by_device.get_mut(d) {
+            *c += n;
         }
     }
 
@@ -451,6 +483,7 @@ fn run_one<S: Strategy + 'static>(
     let pause = Arc::new(Mutex::new(()));
     // kccd, with the audits' pause lock around each run.
     let refill = RefillThread::start_pausable(bouncer.clone(), pause.clone());
+    let device_names: Vec<String> = plan.devices.iter().map(|d| d.device.name().to_string()).collect();
     let shared = Shared {
         bouncer: bouncer.clone(),
         guest: guest.clone(),
@@ -509,7 +542,7 @@ fn run_one<S: Strategy + 'static>(
             0
         }
     };
-    let audit = final_checks(&bouncer, &guest, &counts, &mut problems);
+    let audit = final_checks(&bouncer, &guest, &device_names, &counts, &mut problems);
     let snap = bouncer.stats();
     let pool = bouncer.pool_stats();
     let sim_violations = guest.violation_count() as u64;

@@ -220,7 +220,7 @@ impl<'a, S: Strategy> Worker<'a, S> {
             return;
         }
         let n = entries.len() as u64;
-        self.counts.maps += n;
+        self.counts.mapped(d, n);
         self.counts.bytes_to_bounce += entries.iter().map(|e| e.size as u64).sum::<u64>();
         if sg {
             self.counts.sg_lists += 1;
@@ -248,8 +248,8 @@ impl<'a, S: Strategy> Worker<'a, S> {
         self.counts.failures[reason as usize] += 1;
         // Entries of a list mapped before the failing one were unmapped again (without
         // a copy back).
-        self.counts.maps += rolled_back as u64;
-        self.counts.unmaps += rolled_back as u64;
+        self.counts.mapped(d, rolled_back as u64);
+        self.counts.unmapped(d, rolled_back as u64);
         self.counts.bytes_to_bounce +=
             entries[..rolled_back.min(entries.len())].iter().map(|e| e.size as u64).sum::<u64>();
         let dev = self.sh.plan.devices[d].device;
@@ -300,7 +300,7 @@ impl<'a, S: Strategy> Worker<'a, S> {
         }
         match r {
             Ok(()) => {
-                self.counts.unmaps += m.entries.len() as u64;
+                self.counts.unmapped(d, m.entries.len() as u64);
                 if m.dir.from_device() {
                     self.counts.bytes_from_bounce += m.bytes();
                     for e in &mut m.entries {
@@ -477,10 +477,10 @@ impl<'a, S: Strategy> Worker<'a, S> {
                         dev.name(),
                         max + 1
                     ));
-                    self.counts.maps += 1;
+                    self.counts.mapped(d, 1);
                     self.counts.bytes_to_bounce += max as u64 + 1;
                     if b.unmap_single(&dev, dma, max + 1, DmaDirection::ToDevice, DmaAttrs::empty()).is_ok() {
-                        self.counts.unmaps += 1;
+                        self.counts.unmapped(d, 1);
                     }
                 }
                 Err(e) => {
@@ -503,7 +503,7 @@ impl<'a, S: Strategy> Worker<'a, S> {
             self.counts.requests += 1;
             match b.map_single(&dev, orig, size, DmaDirection::ToDevice, DmaAttrs::NO_WARN) {
                 Ok(dma) => {
-                    self.counts.maps += 1;
+                    self.counts.mapped(d, 1);
                     self.counts.bytes_to_bounce += size as u64;
                     // The first in full, then both ends of each (the flood maps one
                     // original; the copies are the bouncer's, checked all run long).
@@ -530,7 +530,7 @@ impl<'a, S: Strategy> Worker<'a, S> {
         self.counts.pressure_maps += live.len() as u64;
         for dma in live {
             match b.unmap_single(&dev, dma, size, DmaDirection::ToDevice, DmaAttrs::empty()) {
-                Ok(()) => self.counts.unmaps += 1,
+                Ok(()) => self.counts.unmapped(d, 1),
                 Err(e) => {
                     self.problem(&format!("{}: unmap of {dma} after the pressure check refused: {e}", dev.name()));
                 }
