@@ -160,9 +160,10 @@ fn default_threads() -> usize {
 /// Options shared by `compare` and `replay`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Strategies to run, comma-separated, and `linux` for Linux 6.12's own swiotlb
-    /// compiled from its source (a reference row) [default: all, with `linux` when this
-    /// build has it].
+    /// Strategies to run, comma-separated, `linux` for Linux 6.12's own swiotlb
+    /// compiled from its source (a reference row), and `routed` for --cmdline's
+    /// per-device routes (the other rows run unrouted) [default: all, with `linux` when
+    /// this build has it; only `routed` when --cmdline has routes].
     #[arg(long, short = 's', value_delimiter = ',', value_parser = registry::parse_runnable)]
     pub strategies: Vec<Runnable>,
     /// The simulated platform; conversions spin for real so they cost throughput.

@@ -790,22 +790,15 @@ pub fn boot<S: Strategy + 'static>(
 ) -> Result<Arc<Bouncer<SimGuest, S>>, RunError> {
     let guest = make_guest(machine, plan);
     let init = |source| RunError::Init { strategy: name.into(), source };
-    // Per-device routes on --cmdline, or the bench's own (`Machine::lanes`): one
-    // instance per lane, each built by `ctor` from its own command line.
-    let (configs, routes) = machine.lanes();
-    // A concrete strategy type builds only its own instances: routes to another
-    // strategy need the routed row (every registry strategy behind one type).
-    if name != crate::registry::ROUTED {
-        if let Some(other) =
-            configs.iter().filter_map(|c| c.strategy.as_deref()).find(|s| *s != name && configs.len() > 1)
-        {
-            return Err(init(InitError::Config(format!(
-                "--cmdline routes devices to `{other}`, which the `{name}` row cannot run; \
-                 per-device routes run in the `{}` row (the default when --cmdline has routes)",
-                crate::registry::ROUTED
-            ))));
-        }
-    }
+    // The bench's own lanes (`Machine::lanes`, e.g. --ab) always apply; --cmdline's
+    // per-device routes apply in the routed row only. One instance per lane, each built
+    // by `ctor` from its own command line; every other row runs its strategy alone,
+    // unrouted, as the baseline.
+    let (configs, routes) = if name == crate::registry::ROUTED || machine.lanes.is_some() {
+        machine.lanes()
+    } else {
+        (vec![BootConfig { routes: Vec::new(), ..machine.boot.clone() }], LaneRoutes::new())
+    };
     let mut lanes = Vec::with_capacity(configs.len());
     for c in &configs {
         lanes.push(ctor(guest.clone(), c).map_err(init)?);

@@ -111,6 +111,9 @@ pub fn parse_strategy(s: &str) -> Result<StrategyKind, String> {
 /// A message naming the known names, or, for `linux` in a build without the Linux
 /// source, why it is unavailable and how to get it.
 pub fn parse_runnable(s: &str) -> Result<Runnable, String> {
+    if s == ROUTED {
+        return Ok(Runnable::Routed);
+    }
     if s == LINUX {
         return match bounce_linux_ref::available() {
             Ok(()) => Ok(Runnable::Linux),
@@ -118,7 +121,10 @@ pub fn parse_runnable(s: &str) -> Result<Runnable, String> {
         };
     }
     StrategyKind::from_name(s).map(Runnable::Strategy).ok_or_else(|| {
-        format!("unknown strategy `{s}` (known: {}, and the reference row {LINUX})", KNOWN_STRATEGIES.join(", "))
+        format!(
+            "unknown strategy `{s}` (known: {}, the reference row {LINUX}, and {ROUTED}: --cmdline's per-device routes)",
+            KNOWN_STRATEGIES.join(", ")
+        )
     })
 }
 

@@ -505,3 +505,34 @@ fn ab_usage_errors_exit_2() {
         fails(&args, 2, needle);
     }
 }
+
+#[test]
+fn cmdline_routes_run_in_the_routed_row_beside_unrouted_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let js = dir.path().join("routed.json");
+    let cmdline = "swiotlb.strategy=legacy,nvme0:magazine,virtio-blk:dynamic";
+    let common =
+        ["-w", "mixed", "--threads", "1", "--ops", "2000", "--memory", "512M", "--no-progress", "--no-copy-limit"];
+    // With routes and no rows named: the routed row alone, with its per-device table.
+    let mut args = vec!["compare", "--cmdline", cmdline, "--json", js.to_str().unwrap()];
+    args.extend(common);
+    let (out, _) = ok(&args);
+    assert!(out.lines().any(|l| l.starts_with("routed ")), "{out}");
+    assert!(out.contains("per device:"), "{out}");
+    let doc = json(&js);
+    let rows = doc["results"].as_array().unwrap();
+    assert_eq!(rows.len(), 1);
+    let devices = rows[0]["devices"].as_array().unwrap();
+    let strategy_of =
+        |name: &str| devices.iter().find(|d| d["device"] == name).map(|d| d["strategy"].as_str().unwrap().to_string());
+    assert_eq!(strategy_of("nvme0").as_deref(), Some("magazine"));
+    assert_eq!(strategy_of("virtio-blk").as_deref(), Some("dynamic"));
+    assert_eq!(strategy_of("virtio-net").as_deref(), Some("legacy"));
+    assert!(devices.iter().all(|d| d["maps"].as_u64().unwrap() > 0), "every device mapped: {devices:?}");
+    // Named rows: the strategy rows run unrouted beside the routed one.
+    let mut args = vec!["compare", "--cmdline", cmdline, "--strategies", "legacy,routed"];
+    args.extend(common);
+    let (out, _) = ok(&args);
+    assert!(out.lines().any(|l| l.starts_with("legacy ")) && out.lines().any(|l| l.starts_with("routed ")), "{out}");
+    fails(&["compare", "--strategies", "rooted"], 2, "routed");
+}
