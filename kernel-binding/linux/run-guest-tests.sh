@@ -278,7 +278,7 @@ for name in "${BOOT_NAMES[@]}"; do
     awk "$AWK_KV"'
         /^disk: /        { pci[kv($0, "name")] = kv($0, "pci") }
         /^dio_disk: /    { d = kv($0, "disk"); dio[d] = kv($0, "passed") "/" (kv($0, "passed") + kv($0, "failed")) }
-        /^tput_disk: /   { d = kv($0, "disk"); mb[d, kv($0, "mode")] = kv($0, "MBps"); io[d, kv($0, "mode")] = kv($0, "iops") }
+        /^tput_disk: /   { d = kv($0, "disk"); m = kv($0, "mode"); mb[d, m] = kv($0, "MBps"); all[d, m] = kv($0, "MBps_all") }
         /^sysfs_device: / { st[kv($0, "name")] = kv($0, "strategy"); maps[kv($0, "name")] = kv($0, "maps")
                            fl[kv($0, "name")] = kv($0, "failures"); pk[kv($0, "name")] = kv($0, "inflight_bytes_peak") }
         END {
@@ -292,10 +292,17 @@ for name in "${BOOT_NAMES[@]}"; do
                     mb[d, "read"] == "" ? "-" : mb[d, "read"], (p in maps) ? maps[p] : "-",
                     (p in fl) ? fl[p] : "-", (p in pk) ? pk[p] : "-"
             }
+            # B/A per throughput run (both disks ran each run at the same time): the
+            # median and the spread over the runs.
             for (m = 1; m <= 2; m++) {
                 mode = (m == 1) ? "write" : "read"
-                a = mb["vda", mode]; b = mb["vdb", mode]
-                if (a + 0 > 0 && b != "") printf "vdb/vda %s MB/s: %.2fx\n", mode, b / a
+                na = split(all["vda", mode], ra, ","); nb = split(all["vdb", mode], rb, ",")
+                k = 0
+                for (i = 1; i <= na && i <= nb; i++) if (ra[i] + 0 > 0) r[++k] = rb[i] / ra[i]
+                if (!k) continue
+                for (i = 2; i <= k; i++) { t = r[i]; j = i - 1; while (j >= 1 && r[j] > t) { r[j + 1] = r[j]; j-- } r[j + 1] = t }
+                med = (k % 2) ? r[(k + 1) / 2] : (r[k / 2] + r[k / 2 + 1]) / 2
+                printf "vdb/vda %s MB/s: %.2fx (%.2f..%.2f over %d runs)\n", mode, med, r[1], r[k], k
             }
         }' "$f"
 done

@@ -248,7 +248,11 @@ if ! skipped tput; then
     while [ "$r" -lt "$TPUT_REPS" ]; do
         r=$((r + 1))
         say "throughput: dio -T $TPUT_SECONDS -b $TPUT_BS -t $TPUT_THREADS on $DISKS (rep $r/$TPUT_REPS)"
-        for disk in $DISKS; do
+        # Two disks: the one started first alternates from run to run, so neither gets
+        # a head start every time.
+        order=$DISKS
+        [ $((r % 2)) = 0 ] && [ "$DISKS" != vda ] && order="vdb vda"
+        for disk in $order; do
             ( dio -d "/dev/$disk" -T "$TPUT_SECONDS" -b "$TPUT_BS" -t "$TPUT_THREADS" > "/tmp/tput.$disk.out" 2>&1
               echo $? > "/tmp/tput.$disk.rc" ) &
         done
