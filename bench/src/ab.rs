@@ -182,7 +182,9 @@ pub struct AbResult {
 /// The machine of an A/B run of `plan` (split by [`Plan::ab_split`]): `machine` with one
 /// instance of `a` on lane 0 and one of `b` on lane 1, each from `machine`'s command line
 /// with its own `swiotlb.strategy=`, the `.a` devices routed to lane 0 and the `.b`
-/// devices to lane 1.
+/// devices to lane 1. Pass `[b, a]` to swap the sides: the instance built first (whose
+/// pool comes first in guest memory) and the device copies (whose buffers do) then
+/// belong to B.
 pub fn ab_machine(machine: &Machine, [a, b]: [StrategyKind; 2], plan: &Plan) -> Machine {
     let one = |k: StrategyKind| BootConfig {
         strategy: Some(k.name().to_string()),
@@ -215,6 +217,7 @@ pub fn run_ab(
             let plan = Arc::new(workload_plan(cfg, w, threads, cfg.limit).ab_split());
             let timing_plan = Arc::new(workload_plan(cfg, w, threads, cfg.timing_limit).ab_split());
             let machine = ab_machine(&cfg.machine, pair, &plan);
+            let swapped = ab_machine(&cfg.machine, [pair[1], pair[0]], &plan);
             let platform = cfg.machine.platform.name();
             let meta = RunMeta { workload: w.name(), threads, platform, seed: cfg.seed, verified: cfg.verify };
             let mut rounds = Vec::with_capacity(cfg.rounds);
@@ -223,13 +226,17 @@ pub fn run_ab(
                 let what = format!("{}/{} · {w} · {threads} threads · round {round}", pair[0], pair[1]);
                 progress.phase(format!("{what} · throughput"));
                 let opts = PhaseOptions { verify: cfg.verify, ..PhaseOptions::default() };
-                let tp = run_phase(ctor, ROUTED, &machine, &plan, cfg.limit, opts, &tick)?;
+                // Every other round the sides swap lanes and device copies, so where
+                // a side's pool and buffers lie in guest memory (which moves copy times
+                // by several percent) is not counted as a difference between them.
+                let (machine, lanes) = if round % 2 == 0 { (&swapped, [1, 0]) } else { (&machine, [0, 1]) };
+                let tp = run_phase(ctor, ROUTED, machine, &plan, cfg.limit, opts, &tick)?;
                 progress.inc();
                 progress.phase(format!("{what} · copy/metadata split"));
                 let opts = PhaseOptions { timing: true, ..PhaseOptions::default() };
-                let tm = run_phase(ctor, ROUTED, &machine, &timing_plan, cfg.timing_limit, opts, &tick)?;
+                let tm = run_phase(ctor, ROUTED, machine, &timing_plan, cfg.timing_limit, opts, &tick)?;
                 progress.inc();
-                rounds.push([0, 1].map(|lane| AbSide::measure(&tp, &tm, lane, clock)));
+                rounds.push(lanes.map(|lane| AbSide::measure(&tp, &tm, lane, clock)));
                 records.push(Record::from_phases(&meta, &tp, Some(&tm), clock));
             }
             let mut record = median_round(records);
@@ -254,15 +261,13 @@ const HEADERS: [&str; 5] = ["metric", "A median", "B median", "B/A median", "B/A
 
 /// The heading line of a result: who is A, who is B, and the rounds.
 pub fn heading(r: &AbResult) -> String {
-    let sides = |s: &str, suffix: &str| {
-        let devs: Vec<&str> =
-            r.record.devices.iter().filter(|d| d.device.ends_with(suffix)).map(|d| d.device.as_str()).collect();
-        format!("{s} ({})", devs.join(", "))
-    };
+    let devs: Vec<&str> = r.record.devices.iter().filter_map(|d| d.device.strip_suffix(AB_SUFFIXES[0])).collect();
     format!(
-        "A = {}, B = {}; {} thread(s), {} round(s), B/A per round",
-        sides(&r.a, AB_SUFFIXES[0]),
-        sides(&r.b, AB_SUFFIXES[1]),
+        "A = {}, B = {}, each on its own copy of {}; {} thread(s), {} round(s), B/A per round \
+         (the sides swap instance order and device copies every other round)",
+        r.a,
+        r.b,
+        devs.join(", "),
         r.threads,
         r.rounds.len()
     )
