@@ -523,12 +523,27 @@ impl<P: Platform, S: Strategy> Bouncer<P, S> {
     fn find(&self, route: DeviceRoute, dma: DmaAddr) -> Result<(PhysAddr, &S, Found), LookupError> {
         let Some(phys) = self.bounce_phys(dma) else { return Err(LookupError::Foreign(dma)) };
         let own = self.lane(route);
-        let mut r = own.find(phys).map(|f| (own, f));
-        if matches!(r, Err(ReleaseError::Foreign)) && self.lanes.len() > 1 {
-            if let Some(s) = self.lanes.iter().find(|s| s.owns(phys)) {
-                r = s.find(phys).map(|f| (s, f));
-            }
+        match own.find(phys) {
+            Ok(f) => Ok((phys, own, f)),
+            Err(e) => self.find_elsewhere(dma, phys, e),
         }
+    }
+
+    /// The rest of [`Bouncer::find`] when the device's own lane did not find `phys`:
+    /// another lane's mapping (a driver unmapping through another device than the one
+    /// that mapped), else the error. Out of line: the common unmap never gets here.
+    #[cold]
+    #[inline(never)]
+    fn find_elsewhere(
+        &self,
+        dma: DmaAddr,
+        phys: PhysAddr,
+        e: ReleaseError,
+    ) -> Result<(PhysAddr, &S, Found), LookupError> {
+        let r = match self.lanes.iter().find(|s| s.owns(phys)) {
+            Some(s) if matches!(e, ReleaseError::Foreign) => s.find(phys).map(|f| (s, f)),
+            _ => Err(e),
+        };
         match r {
             Ok((s, f)) => Ok((phys, s, f)),
             Err(ReleaseError::Foreign) => Err(LookupError::Foreign(dma)),
