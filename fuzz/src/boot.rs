@@ -54,6 +54,15 @@ pub fn check(text: &str) {
     let Ok(cfg) = BootConfig::parse(text, KNOWN_STRATEGIES) else { return };
     let tokens: Vec<&str> = text.split_ascii_whitespace().collect();
     set_current_cpu(Some(0));
+    if !cfg.routes.is_empty() {
+        // Per-device routes: one instance per strategy they name, all returned at drop.
+        let guest = ops::guest(false);
+        match AnyStrategy::boot_bouncer(guest.clone(), &cfg, bounce_framework::BouncerOptions::default()) {
+            Ok(b) => assert_eq!(b.lanes().len(), cfg.lanes().0.len(), "{text:?}: one instance per strategy"),
+            Err(e) => assert!(!e.to_string().is_empty()),
+        }
+        ops::assert_returned_everything(&guest, &format!("{text:?}: after the routed boot"));
+    }
     let guest = ops::guest(false);
     match AnyStrategy::from_boot(guest.clone(), &cfg) {
         Ok(strategy) => {
