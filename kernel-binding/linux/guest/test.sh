@@ -306,6 +306,10 @@ if [ -d "$SYSB" ]; then
         for f in strategy lane maps unmaps bytes_to_bounce bytes_from_bounce failures inflight_bytes inflight_bytes_peak; do
             line="$line $f=$(cat "$d/$f")"
         done
+        # One line of counts each (BOUNCE_FAILURE_* order; size buckets), commas here.
+        for f in failures_by_reason failures_by_size; do
+            [ -f "$d/$f" ] && line="$line $f=$(tr ' ' , < "$d/$f")"
+        done
         say "sysfs device: $line"
         res "sysfs_device: $line"
     done
