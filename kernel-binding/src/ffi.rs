@@ -25,7 +25,7 @@ use crate::abi::{
 };
 use crate::errno::{map_errno, EBUSY, EINVAL, ENOENT, ENOTRECOVERABLE, EUCLEAN};
 use crate::instance::{device_from_c, is_low_mask, Bounce};
-use crate::text::copy_out;
+use crate::text::{copy_into, copy_out};
 
 /// `DMA_MAPPING_ERROR`: what a failed map leaves in its `dma_out`.
 const DMA_MAPPING_ERROR: u64 = u64::MAX;
@@ -852,24 +852,13 @@ pub unsafe extern "C" fn bounce_device_stats(b: *const Bounce, index: u32, out: 
             fail_sizes: d.fail_sizes,
             ..BounceDeviceStats::default()
         };
-        fill_c_string(&mut st.name, d.name());
+        copy_into(d.name(), &mut st.name);
         let strategy = inst.bouncer().lanes().get(d.lane).map_or(bounce_framework::NATIVE_ROUTE, |s| s.name());
-        fill_c_string(&mut st.strategy, strategy);
+        copy_into(strategy, &mut st.strategy);
         // SAFETY: checked non-NULL; writable (caller).
         unsafe { out.write(st) };
         0
     })
-}
-
-/// Copies `text` into a NUL-terminated C array, cut to fit.
-fn fill_c_string<const N: usize>(dst: &mut [c_char; N], text: &str) {
-    let n = text.len().min(N.saturating_sub(1));
-    for (d, &b) in dst.iter_mut().zip(&text.as_bytes()[..n]) {
-        *d = c_char::from_ne_bytes([b]);
-    }
-    if let Some(end) = dst.get_mut(n) {
-        *end = 0;
-    }
 }
 
 /// Whether a strategy of this instance serves `dev`: 1, or 0 for a device the command

@@ -37,10 +37,9 @@ pub struct Bounce {
     bouncer: InstanceBouncer,
     /// Per-CPU last-error messages, indexed by `current_cpu()`.
     errors: Box<[IrqMutex<HookLock, ErrorSlot>]>,
-    /// The strategy's name, NUL-terminated.
-    name: [u8; crate::abi::BOUNCE_NAME_MAX + 1],
-    /// Each lane's strategy name, NUL-terminated (unused lanes empty).
-    lane_names: [[u8; crate::abi::BOUNCE_NAME_MAX + 1]; bounce_framework::MAX_LANES],
+    /// Each lane's strategy name, NUL-terminated (unused lanes empty); lane 0's is the
+    /// instance's name.
+    lane_names: [[c_char; crate::abi::BOUNCE_NAME_BUF]; bounce_framework::MAX_LANES],
     /// Set when an entry point panicked (std flavour): every later call fails.
     poisoned: AtomicBool,
 }
@@ -148,21 +147,13 @@ impl Bounce {
             force: boot.swiotlb.force == Some(ForceMode::Force) || platform.is_confidential(),
             trace: platform.has_trace(),
         };
-        let c_name = |n: &str| {
-            let mut name = [0u8; crate::abi::BOUNCE_NAME_MAX + 1];
-            let take = n.len().min(crate::abi::BOUNCE_NAME_MAX);
-            name[..take].copy_from_slice(&n.as_bytes()[..take]);
-            name
-        };
-        let name = c_name(lanes[0].name());
-        let mut lane_names = [[0u8; crate::abi::BOUNCE_NAME_MAX + 1]; bounce_framework::MAX_LANES];
+        let mut lane_names = [[0; crate::abi::BOUNCE_NAME_BUF]; bounce_framework::MAX_LANES];
         for (dst, l) in lane_names.iter_mut().zip(&lanes) {
-            *dst = c_name(l.name());
+            crate::text::copy_into(l.name(), dst);
         }
         let bouncer = Bouncer::with_lanes(platform, lanes, &routes, options)
             .map_err(|e| CreateError::new(init_errno(&e), format_args!("routing: {e}")))?;
-        let inst =
-            Self { bouncer, errors: errors.into_boxed_slice(), name, lane_names, poisoned: AtomicBool::new(false) };
+        let inst = Self { bouncer, errors: errors.into_boxed_slice(), lane_names, poisoned: AtomicBool::new(false) };
         try_box(inst).ok_or_else(|| CreateError::new(ENOMEM, format_args!("no memory for the instance")))
     }
 
@@ -173,14 +164,14 @@ impl Bounce {
 
     /// The strategy's name as a NUL-terminated C string (lives as long as `self`).
     pub fn name_ptr(&self) -> *const c_char {
-        self.name.as_ptr().cast()
+        self.lane_names[0].as_ptr()
     }
 
     /// Lane `lane`'s strategy name as a NUL-terminated C string (lives as long as
     /// `self`); NULL for a lane that does not exist.
     pub fn lane_name_ptr(&self, lane: usize) -> *const c_char {
         if lane < self.bouncer.lanes().len() {
-            self.lane_names.get(lane).map_or(core::ptr::null(), |n| n.as_ptr().cast())
+            self.lane_names.get(lane).map_or(core::ptr::null(), |n| n.as_ptr())
         } else {
             core::ptr::null()
         }

@@ -72,6 +72,20 @@ impl<const N: usize> Write for FixedBuf<N> {
     }
 }
 
+/// Copies `text` into `dst`, NUL-terminated and truncated on a character boundary
+/// (nothing is written when `dst` is empty).
+pub fn copy_into(text: &str, dst: &mut [c_char]) {
+    let Some(room) = dst.len().checked_sub(1) else { return };
+    let mut take = text.len().min(room);
+    while !text.is_char_boundary(take) {
+        take -= 1;
+    }
+    for (d, &b) in dst.iter_mut().zip(&text.as_bytes()[..take]) {
+        *d = c_char::from_ne_bytes([b]);
+    }
+    dst[take] = 0;
+}
+
 /// Copies `text` into the C buffer `buf` of `len` bytes, NUL-terminated and truncated on
 /// a character boundary (nothing is written when `buf` is NULL or `len` is 0).
 ///
@@ -81,16 +95,9 @@ pub unsafe fn copy_out(text: &str, buf: *mut c_char, len: usize) {
     if buf.is_null() || len == 0 {
         return;
     }
-    let mut take = text.len().min(len - 1);
-    while !text.is_char_boundary(take) {
-        take -= 1;
-    }
-    // SAFETY: `buf` is valid for `len > take` bytes (caller), `text` for `take` bytes,
-    // and a Rust string never overlaps a caller's output buffer.
-    unsafe {
-        core::ptr::copy_nonoverlapping(text.as_ptr(), buf.cast::<u8>(), take);
-        *buf.add(take) = 0;
-    }
+    // SAFETY: `buf` is non-NULL and valid for writes of `len` bytes (caller), and no
+    // other reference to the caller's buffer exists while this slice lives.
+    copy_into(text, unsafe { core::slice::from_raw_parts_mut(buf, len) });
 }
 
 #[cfg(test)]
