@@ -34,7 +34,9 @@ if [ "$(id -u)" != 0 ]; then
     SUDO=(sudo)
 fi
 
-installed_version() { dpkg-query -W -f='${db:Status-Abbrev} ${Version}' "$1" 2>/dev/null | sed -n 's/^ii *//p'; }
+# Prints nothing (and succeeds) for a package dpkg does not know: under pipefail a failing
+# dpkg-query would otherwise end the script at the first unknown package.
+installed_version() { { dpkg-query -W -f='${db:Status-Abbrev} ${Version}' "$1" 2>/dev/null || true; } | sed -n 's/^ii *//p'; }
 
 step "check packages (pinned $LINUX_SOURCE_PACKAGE=$LINUX_SOURCE_VERSION)"
 MISSING=()
