@@ -9,7 +9,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::addr::{DmaAddr, PhysAddr};
 use crate::cmdline::NATIVE_LANE;
-use crate::devices::{Attachment, DeviceRoute, DeviceSnapshot, DeviceTable, MAX_LANES, NATIVE};
+use crate::devices::{Attachment, DeviceName, DeviceRoute, DeviceSnapshot, DeviceTable, MAX_LANES, NATIVE};
 use crate::dma::{Device, DmaAttrs, DmaDirection};
 use crate::error::{FailureReason, InitError, LookupError, MapError};
 use crate::platform::{BouncedEvent, LogLevel, Platform};
@@ -212,6 +212,49 @@ impl<P: Platform, S: Strategy> Bouncer<P, S> {
         dev.set_attachment(Attachment { table: self.devices.id(), route });
     }
 
+    /// Attaches `dev` and returns its route as one word, for a caller that cannot keep
+    /// a [`Device`] but can keep a word beside its own device (the C ABI: the kernel
+    /// stores it in `struct device`); [`Bouncer::device_from_handle`] turns it back
+    /// into a device with no lookup at all. 0 for a device only the overflow slot
+    /// counts: such a device keeps being looked up by name.
+    ///
+    /// # Context
+    /// Any context; never allocates.
+    pub fn attach_handle(&self, dev: &Device) -> u64 {
+        let mut d = *dev;
+        self.attach(&mut d);
+        let a = d.attachment();
+        if self.devices.is_valid(a) {
+            a.to_bits()
+        } else {
+            0
+        }
+    }
+
+    /// The device an [`Bouncer::attach_handle`] word stands for: attached, with no
+    /// name (messages take it from the device table), a 64-bit mask and the defaults of
+    /// [`Device::new`] (the caller sets the masks). `None` for a word this bouncer did
+    /// not hand out (another instance's, stale or forged).
+    ///
+    /// # Context
+    /// Any context; two loads.
+    #[inline]
+    pub fn device_from_handle(&self, handle: u64) -> Option<Device> {
+        let a = Attachment::from_bits(handle);
+        (self.devices.is_valid(a) && usize::from(a.route.lane) < self.lanes.len()).then(|| Device::attached(a))
+    }
+
+    /// `dev`'s name for a message: its own, or the device table's for a device known by
+    /// its handle only.
+    fn name_of(&self, dev: &Device) -> DeviceName {
+        let a = dev.attachment();
+        if dev.name().is_empty() && a.table == self.devices.id() {
+            self.devices.slot_name(a.route.slot)
+        } else {
+            DeviceName::new(dev.name())
+        }
+    }
+
     /// The route (statistics slot and lane) `dev` takes.
     #[inline]
     pub fn route(&self, dev: &Device) -> DeviceRoute {
@@ -397,7 +440,11 @@ impl<P: Platform, S: Strategy> Bouncer<P, S> {
         if size > max {
             self.warn(
                 attrs,
-                format_args!("{}: bounce: {}: mapping of {size} bytes exceeds max {max}", dev.name(), strategy.name()),
+                format_args!(
+                    "{}: bounce: {}: mapping of {size} bytes exceeds max {max}",
+                    self.name_of(dev),
+                    strategy.name()
+                ),
             );
             return Err(MapError::TooLarge { size, max });
         }
@@ -419,7 +466,7 @@ impl<P: Platform, S: Strategy> Bouncer<P, S> {
                     attrs,
                     format_args!(
                         "{}: bounce: {} cannot map {size} bytes ({}): {e}",
-                        dev.name(),
+                        self.name_of(dev),
                         strategy.name(),
                         e.reason().name()
                     ),
@@ -436,7 +483,7 @@ impl<P: Platform, S: Strategy> Bouncer<P, S> {
             }
             self.warn(
                 attrs,
-                format_args!("{}: swiotlb addr {dma} + {size} overflow (mask {:#x})", dev.name(), dev.dma_mask),
+                format_args!("{}: swiotlb addr {dma} + {size} overflow (mask {:#x})", self.name_of(dev), dev.dma_mask),
             );
             return Err(MapError::Unreachable { dma, size, mask: dev.dma_mask });
         }
@@ -575,7 +622,7 @@ impl<P: Platform, S: Strategy> Bouncer<P, S> {
                 DmaAttrs::empty(),
                 format_args!(
                     "{}: Buffer overflow detected. Allocation size: {}. Mapping size: {len}.",
-                    dev.name(),
+                    self.name_of(dev),
                     loc.remaining
                 ),
             );

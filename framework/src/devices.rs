@@ -123,6 +123,20 @@ pub struct Attachment {
     pub route: DeviceRoute,
 }
 
+impl Attachment {
+    /// The attachment as one word, for a caller that keeps it beside its own device
+    /// (the C ABI's `bounce_device.attachment`): 0 for none.
+    pub const fn to_bits(self) -> u64 {
+        (self.table as u64) << 16 | (self.route.slot as u64) << 8 | self.route.lane as u64
+    }
+
+    /// The attachment [`Attachment::to_bits`] gave (any word decodes; only
+    /// [`DeviceTable::is_valid`] says whether it is a route the table handed out).
+    pub const fn from_bits(bits: u64) -> Self {
+        Self { table: (bits >> 16) as u32, route: DeviceRoute { slot: (bits >> 8) as u8, lane: bits as u8 } }
+    }
+}
+
 static NEXT_TABLE_ID: AtomicU32 = AtomicU32::new(1);
 
 /// The device slots of one bouncer and the boot routes (device name → lane).
@@ -145,6 +159,38 @@ pub struct DeviceSnapshot {
     pub stats: BounceSnapshot,
     /// Its failures by [`FAIL_SIZE_BOUNDS`] bucket.
     pub fail_sizes: [u64; FAIL_SIZE_BOUNDS.len()],
+}
+
+/// A device's name by value (for messages about a device known by its route only).
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceName {
+    bytes: [u8; DEVICE_NAME_MAX],
+    len: u8,
+}
+
+impl DeviceName {
+    /// A copy of `name` (cut at [`DEVICE_NAME_MAX`] bytes on a char boundary).
+    pub fn new(name: &str) -> Self {
+        let mut len = name.len().min(DEVICE_NAME_MAX);
+        while !name.is_char_boundary(len) {
+            len -= 1;
+        }
+        let mut bytes = [0; DEVICE_NAME_MAX];
+        bytes[..len].copy_from_slice(&name.as_bytes()[..len]);
+        Self { bytes, len: len as u8 }
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        let b = &self.bytes[..usize::from(self.len).min(DEVICE_NAME_MAX)];
+        core::str::from_utf8(b).unwrap_or("?")
+    }
+}
+
+impl core::fmt::Display for DeviceName {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl DeviceSnapshot {
@@ -226,6 +272,26 @@ impl<R: RawIrqLock> DeviceTable<R> {
     /// The lane the command line gives `name` (0 when it names none).
     fn lane_for(&self, name: &str) -> u8 {
         self.routes.iter().find(|(n, _)| n == name).map_or(0, |(_, l)| *l)
+    }
+
+    /// Whether `a` is a route this table hands out for one named device: this table's
+    /// id, a claimed slot other than the overflow slot, and that slot's lane. Two loads;
+    /// any context.
+    #[inline]
+    pub fn is_valid(&self, a: Attachment) -> bool {
+        let slot = usize::from(a.route.slot);
+        a.table == self.id
+            && slot < DEVICE_SLOTS - 1
+            && self.slots[slot].state.load(Ordering::Acquire) & READY != 0
+            && self.slots[slot].lane.load(Ordering::Relaxed) == a.route.lane
+    }
+
+    /// The name of the device in slot `slot` (empty while the slot is free).
+    pub fn slot_name(&self, slot: u8) -> DeviceName {
+        match self.slots.get(usize::from(slot)).and_then(Slot::name) {
+            Some((bytes, len)) => DeviceName { bytes, len },
+            None => DeviceName { bytes: [0; DEVICE_NAME_MAX], len: 0 },
+        }
     }
 
     /// The route of `dev`: from its attachment when it is to this table, else by name,

@@ -172,6 +172,14 @@ impl Device {
         self.attachment
     }
 
+    /// A device known by its attachment only, with no name: what
+    /// [`Bouncer::device_from_handle`](crate::Bouncer::device_from_handle) builds.
+    pub(crate) fn attached(a: Attachment) -> Self {
+        let mut dev = Self::new("");
+        dev.attachment = a;
+        dev
+    }
+
     /// Caches `a` (see [`Bouncer::attach`](crate::Bouncer::attach)).
     pub(crate) fn set_attachment(&mut self, a: Attachment) {
         self.attachment = a;

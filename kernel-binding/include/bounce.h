@@ -26,7 +26,7 @@
  * The version of this ABI. `bounce_hooks.abi_version` must hold it; bumped whenever
  * a struct or a function signature changes.
  */
-#define BOUNCE_ABI_VERSION 2
+#define BOUNCE_ABI_VERSION 3
 
 /**
  * `DMA_BIDIRECTIONAL`.
@@ -417,6 +417,14 @@ struct bounce_device {
      * `dma_get_max_seg_size(dev)`.
      */
     uint32_t max_segment_size;
+    /**
+     * What `bounce_attach_device()` returned for this device, kept beside it by the
+     * caller (the kernel: in `struct device`), or 0. With an attachment the calls
+     * read neither the name nor any table: the device's route is in this word. A word
+     * this instance did not hand out is ignored (the device is then looked up by
+     * name on every call, as with 0).
+     */
+    uint64_t attachment;
 };
 
 /**
@@ -1113,6 +1121,28 @@ int bounce_device_stats(const struct bounce *b,
  */
 int bounce_serves_device(const struct bounce *b,
                          const struct bounce_device *dev);
+
+/**
+ * Resolves `dev` once (by name: its statistics slot and its strategy instance) and
+ * writes to `*out` the word to keep beside the device and pass back in
+ * `bounce_device.attachment` on every later call, so that no call reads the name or
+ * searches the device table again (as Linux sets `dev->dma_io_tlb_mem` once per
+ * device). `*out` is 0 when the device table is full (the device is counted in the
+ * overflow slot and keeps being looked up by name). An attachment already in `dev`
+ * is ignored. Returns 0, or `-EINVAL` for a NULL `b`, `dev` or `out` or a bad
+ * device (then `*out` is 0).
+ *
+ * # Context
+ * Any context; never allocates. The first call for a device takes the device
+ * table's registration lock (IRQ-safe).
+ *
+ * # Safety
+ * `b` is NULL or a live instance; `dev` as for `bounce_map_single`; `out` is NULL or
+ * writable.
+ */
+int bounce_attach_device(const struct bounce *b,
+                         const struct bounce_device *dev,
+                         uint64_t *out);
 
 /**
  * Devices the command line leaves to the platform's own swiotlb (`<device>:linux`

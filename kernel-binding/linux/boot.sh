@@ -9,6 +9,7 @@
 #   --append "ARGS"    extra kernel arguments, e.g. "swiotlb.strategy=magazine" or test
 #                      knobs such as "bouncetest.bench_seconds=5" (see guest/test.sh)
 #   --debug            boot the debug kernel variant (build-kernel.sh --debug)
+#   --nodyn            boot the variant without SWIOTLB_DYNAMIC (build-kernel.sh --nodyn)
 #   --kernel PATH      bzImage to boot (default: the variant's build output)
 #   --initrd PATH      initramfs (default: build-initramfs.sh output)
 #   --timeout SECONDS  hard limit for the whole VM run (default 600, debug 1800)
@@ -23,9 +24,10 @@
 #   --quiet            do not echo the console, only the result block
 # Environment: BOUNCE_QEMU_EXTRA  extra qemu arguments (word-split)
 #
-# Exit status: 0 result block found, integrity passed and no kernel splat (WARN, BUG,
-# lockdep, DMA-API); 1 integrity failed or splats; 2 no result block (boot failure,
-# panic or timeout).
+# Exit status: 0 result block found, integrity passed, no kernel splat (WARN, BUG,
+# lockdep, DMA-API) and shared memory accounted (test.sh's memory check); 1 integrity
+# failed, splats or unaccounted shared memory; 2 no result block (boot failure, panic
+# or timeout).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -46,6 +48,7 @@ while [ $# -gt 0 ]; do
         --name) NAME=$2; shift ;;
         --append) APPEND=$2; shift ;;
         --debug) VARIANT_ARGS=(--debug) ;;
+        --nodyn) VARIANT_ARGS=(--nodyn) ;;
         --kernel) KERNEL=$2; shift ;;
         --initrd) INITRD=$2; shift ;;
         --timeout) TIMEOUT=$2; shift ;;
@@ -67,7 +70,7 @@ ensure_cache_dir
 [ -n "$KERNEL" ] || KERNEL=$("$BOUNCE_LINUX_DIR/build-kernel.sh" "${VARIANT_ARGS[@]}" --print-image)
 [ -n "$INITRD" ] || INITRD="$CACHE_INITRAMFS/initramfs.cpio"
 if [ -z "$TIMEOUT" ]; then
-    if [ ${#VARIANT_ARGS[@]} -gt 0 ]; then TIMEOUT=1800; else TIMEOUT=600; fi
+    if [ "${VARIANT_ARGS[*]}" = --debug ]; then TIMEOUT=1800; else TIMEOUT=600; fi
 fi
 [ -f "$KERNEL" ] || die "kernel $KERNEL not found: run build-kernel.sh ${VARIANT_ARGS[*]}"
 [ -f "$INITRD" ] || die "initramfs $INITRD not found: run build-initramfs.sh"
@@ -138,11 +141,13 @@ if ! grep -q '^=== BOUNCE-RESULTS-END ===' "$RESULTS"; then
     exit 2
 fi
 grep -v '^===' "$RESULTS"
-if grep -q '^result: integrity=PASS kernel_log=clean' "$RESULTS"; then
-    info "integrity PASS, kernel log clean ($RESULTS)"
+if grep -q '^result: integrity=PASS kernel_log=clean memory=ok' "$RESULTS"; then
+    info "integrity PASS, kernel log clean, shared memory accounted ($RESULTS)"
     exit 0
 fi
 grep -q '^result: integrity=PASS' "$RESULTS" || warn "integrity FAIL ($RESULTS)"
 grep -q '^result: .*kernel_log=clean' "$RESULTS" \
     || warn "kernel log has splats (WARN/BUG/lockdep/DMA-API); see $LOG"
+grep -q '^result: .*memory=ok' "$RESULTS" \
+    || warn "shared memory check failed (memory_check: line of $RESULTS)"
 exit 1

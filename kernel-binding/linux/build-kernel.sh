@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Builds the guest kernel (bzImage) from Debian's pinned linux-source-6.12 tarball.
 #
-# usage: build-kernel.sh [--debug] [--print-image]
+# usage: build-kernel.sh [--debug | --nodyn] [--print-image]
 #   --debug        build the debug variant (guest.config + debug.config: lockdep,
 #                  DEBUG_ATOMIC_SLEEP, ...) in its own build directory
+#   --nodyn        build the variant without SWIOTLB_DYNAMIC (guest.config +
+#                  nodyn.config), Linux's second baseline, in its own build directory
 #   --print-image  only print the path of the variant's bzImage and exit
 #
 # Environment:
@@ -38,6 +40,7 @@ PRINT_IMAGE=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --debug) VARIANT=debug ;;
+        --nodyn) VARIANT=nodyn ;;
         --print-image) PRINT_IMAGE=1 ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument: $1 (try --help)" ;;
@@ -52,6 +55,7 @@ if [ "$PRINT_IMAGE" = 1 ]; then echo "$IMAGE"; exit 0; fi
 PATCH_DIR="${BOUNCE_PATCH_DIR:-$BOUNCE_LINUX_DIR/patches}"
 FRAGMENTS=("$BOUNCE_LINUX_DIR/guest.config")
 [ "$VARIANT" = debug ] && FRAGMENTS+=("$BOUNCE_LINUX_DIR/debug.config")
+[ "$VARIANT" = nodyn ] && FRAGMENTS+=("$BOUNCE_LINUX_DIR/nodyn.config")
 if [ -d "$PATCH_DIR" ]; then
     while IFS= read -r f; do FRAGMENTS+=("$f"); done \
         < <(find "$PATCH_DIR" -maxdepth 1 -name '*.config' -type f | LC_ALL=C sort)
@@ -162,9 +166,12 @@ STAMP=$( { echo "$TAR_ID"; cat "$APPLIED/series"; for f in "${FRAGMENTS[@]}"; do
 MAKE=(make -C "$CACHE_TREE" O="$OUT" ARCH=x86_64 -j"$BOUNCE_JOBS"
       KBUILD_BUILD_USER=bounce KBUILD_BUILD_HOST=bounce)
 
-# Every CONFIG_X=value / "# CONFIG_X is not set" line of the fragments must be in .config.
+# Every CONFIG_X=value / "# CONFIG_X is not set" line of the fragments must be in .config;
+# when fragments disagree, the later one's line (merge_config.sh's winner) is the one.
 check_config() {
     local frag line sym want got bad=0
+    local -A WANT FROM
+    local -a ORDER=()
     for frag in "${FRAGMENTS[@]}"; do
         while IFS= read -r line; do
             if [[ "$line" =~ ^(CONFIG_[A-Za-z0-9_]+)=(.*)$ ]]; then
@@ -174,14 +181,20 @@ check_config() {
             else
                 continue
             fi
-            got=$(grep -E "^($sym=|# $sym is not set)" "$OUT/.config" || true)
-            # An unset option may also be absent altogether (its dependencies are off).
-            if [ "$got" != "$want" ] && ! { [ "$want" = "# $sym is not set" ] && [ -z "$got" ]; }; then
-                printf 'ERROR: %s asks for "%s", final .config has "%s"\n' \
-                    "${frag##*/}" "$want" "${got:-<absent: dependencies not met>}" >&2
-                bad=1
-            fi
+            [ -n "${WANT[$sym]:-}" ] || ORDER+=("$sym")
+            WANT[$sym]=$want
+            FROM[$sym]=${frag##*/}
         done < "$frag"
+    done
+    for sym in "${ORDER[@]}"; do
+        want=${WANT[$sym]}
+        got=$(grep -E "^($sym=|# $sym is not set)" "$OUT/.config" || true)
+        # An unset option may also be absent altogether (its dependencies are off).
+        if [ "$got" != "$want" ] && ! { [ "$want" = "# $sym is not set" ] && [ -z "$got" ]; }; then
+            printf 'ERROR: %s asks for "%s", final .config has "%s"\n' \
+                "${FROM[$sym]}" "$want" "${got:-<absent: dependencies not met>}" >&2
+            bad=1
+        fi
     done
     return "$bad"
 }

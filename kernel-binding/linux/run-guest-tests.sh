@@ -13,7 +13,9 @@
 #                       strategies ($STRATEGIES below); any other NAME, e.g. "bogus", must be
 #                       rejected at boot with a console message, leaving Linux's swiotlb in
 #                       charge. "nobounce" boots without swiotlb=force (the cost of bouncing
-#                       itself). "ab-A-B" (A, B: linux or a built-in strategy) boots with two
+#                       itself). "linux-nodyn" boots Linux's swiotlb on a kernel built
+#                       without SWIOTLB_DYNAMIC (build-kernel.sh --nodyn), the second
+#                       baseline: upstream's default, one fixed pool. "ab-A-B" (A, B: linux or a built-in strategy) boots with two
 #                       disks, /dev/vda routed to A and /dev/vdb to B in one boot
 #                       (swiotlb.strategy=<default>,<vda's PCI name>:A,<vdb's>:B; the default
 #                       is B, or A when B is linux), runs integrity and throughput on both
@@ -41,7 +43,7 @@ set -euo pipefail
 STRATEGIES=$(strategy_names)
 
 SETUP=1
-CONFIGS="linux $STRATEGIES bogus ab-linux-magazine"
+CONFIGS="linux linux-nodyn $STRATEGIES bogus ab-linux-magazine"
 REPEAT=1
 APPEND=""
 DEBUG_ARGS=()
@@ -96,6 +98,11 @@ TIMES[setup]=$(( $(date +%s) - t0 ))
 
 t0=$(date +%s)
 "$D/build-kernel.sh" "${DEBUG_ARGS[@]}" >/dev/null
+# The second baseline's kernel, when a configuration boots it (not with --debug).
+if [[ " $CONFIGS " == *" linux-nodyn "* ]]; then
+    [ ${#DEBUG_ARGS[@]} = 0 ] || die "linux-nodyn has no debug variant: drop it from --configs with --debug"
+    "$D/build-kernel.sh" --nodyn >/dev/null
+fi
 TIMES[kernel]=$(( $(date +%s) - t0 ))
 
 t0=$(date +%s)
@@ -117,6 +124,7 @@ for ((rep = 1; rep <= REPEAT; rep++)); do
         case "$cfg" in
             linux) ;;
             nobounce) extra=(--no-force) ;;
+            linux-nodyn) extra=(--nodyn) ;;
             ab-*)
                 read -r side_a side_b <<<"$(ab_sides "$cfg")"
                 def=$(ab_default "$side_a" "$side_b")
@@ -142,7 +150,7 @@ done
 # Linux's swiotlb).
 expected_strategy() {
     case "$1" in
-        linux|nobounce) echo linux ;;
+        linux|nobounce|linux-nodyn) echo linux ;;
         ab-*) # shellcheck disable=SC2046  # "A B"
               ab_default $(ab_sides "$1") ;;
         *) if [[ " $STRATEGIES " == *" $1 "* ]]; then echo "$1"; else echo rejected; fi ;;
@@ -163,26 +171,11 @@ metrics() {
                      print "bench_g" g "_d" d "_map_us", kv($0, "map_us")
                      print "bench_g" g "_d" d "_unmap_us", kv($0, "unmap_us") }
         /^tput: /  { print "tput_" kv($0, "mode") "_bs" kv($0, "bs") "_MBps", kv($0, "MBps") }
+        /^iops: /  { print "iops_" kv($0, "mode") "_rand_bs" kv($0, "bs"), kv($0, "iops") }
         /^dio: /   { print "dio_seconds", kv($0, "seconds") }
+        /^memory_before: /    { print "shared_MB_boot", kv($0, "total_shared_bytes") / 1048576 }
+        /^memory_after_dio: / { print "shared_MB_dio", kv($0, "total_shared_bytes") / 1048576 }
     ' "$1" 2>/dev/null || true
-}
-
-# Prints "<metric> <median over the config's boots>" in first-seen metric order.
-config_metrics() {
-    local n
-    for n in ${BOOTS[$1]}; do metrics "$CACHE_RUNS/$n/results.txt"; done | awk '
-        $2 != "" && $2 != "nan" { if (!($1 in cnt)) order[++m] = $1; v[$1, ++cnt[$1]] = $2 }
-        END {
-            for (i = 1; i <= m; i++) {
-                k = order[i]; c = cnt[k]
-                for (x = 1; x <= c; x++) s[x] = v[k, x] + 0
-                for (x = 2; x <= c; x++) { t = s[x]; y = x - 1
-                    while (y >= 1 && s[y] > t) { s[y + 1] = s[y]; y-- }
-                    s[y + 1] = t }
-                med = (c % 2) ? s[(c + 1) / 2] : (s[c / 2] + s[c / 2 + 1]) / 2
-                print k, med
-            }
-        }'
 }
 
 # Did each boot run the strategy its configuration asks for? (strategy: line)
@@ -204,10 +197,12 @@ mkdir -p "$CACHE_RUNS"
 echo
 echo "== integrity ($(date -u +%Y-%m-%dT%H:%MZ), ${SUFFIX:+debug }kernel $LINUX_SOURCE_VERSION) =="
 echo "(active: the strategy that ran, from debugfs; maps_dio: bounce's maps during the dio"
-echo " phase; pool_MB: io_tlb_nslabs x 2 KiB after the last phase, the same meaning for"
-echo " every strategy; Linux's own pool stays allocated, unused, while a strategy runs)"
-printf '%-18s %-6s %-9s %-6s %-6s %-5s %-6s %-4s %-11s %-8s %-7s %-7s %s\n' \
-    boot booted active dio bench tput splats full hiwater_dio maps_dio pool_MB seconds result
+echo " phase; shared_MB boot/dio/end: all shared memory (debugfs swiotlb/bounce_memory:"
+echo " Linux's pools and the strategies') after boot, after the dio phase and after the"
+echo " last phase; linux_pool: what became of Linux's default pool once a strategy ran)"
+printf '%-18s %-6s %-9s %-6s %-6s %-5s %-5s %-6s %-4s %-11s %-8s %-15s %-11s %-7s %s\n' \
+    boot booted active dio bench tput iops splats full hiwater_dio maps_dio shared_MB \
+    linux_pool seconds result
 for name in "${BOOT_NAMES[@]}"; do
     f="$CACHE_RUNS/$name/results.txt"
     if [ ! -f "$f" ]; then printf '%-18s %s\n' "$name" "no results file"; continue; fi
@@ -215,12 +210,16 @@ for name in "${BOOT_NAMES[@]}"; do
         /^dio: /            { dio = kv($0, "passed") "/" (kv($0, "passed") + kv($0, "failed")) }
         /^bench: /          { nb++; if (kv($0, "rc") == "0" && kv($0, "map_us") != "nan") okb++ }
         /^tput: /           { nt++; if (kv($0, "errors") == "0") okt++ }
+        /^iops: /           { ni++; if (kv($0, "errors") == "0") oki++ }
         /^swiotlb_after_dio:/ { hw = kv($0, "io_tlb_used_hiwater") }
-        /^swiotlb_/         { n = kv($0, "io_tlb_nslabs"); if (n != "") pool = sprintf("%.0f", n * 2048 / 1048576) }
+        /^memory_/          { mb = sprintf("%.0f", kv($0, "total_shared_bytes") / 1048576)
+                              if ($1 == "memory_before:") mb0 = mb; else if ($1 == "memory_after_dio:") mb1 = mb
+                              mbl = mb; lp = kv($0, "linux_pool_state") }
         /^bounce_after_dio:/ { maps = kv($0, "maps") }
         /^strategy: /       { active = kv($0, "active") }
         /^kernel_log: /     { splats = kv($0, "splats"); full = kv($0, "swiotlb_full") }
-        /^result: /         { result = kv($0, "integrity"); if (kv($0, "kernel_log") != "clean") result = result "+SPLATS" }
+        /^result: /         { result = kv($0, "integrity"); if (kv($0, "kernel_log") != "clean") result = result "+SPLATS"
+                              if (kv($0, "memory") != "ok") result = result "+MEMORY(" kv($0, "memory") ")" }
         /^boot: /           { secs = kv($0, "seconds") }
         /^=== BOUNCE-RESULTS-END/ { ended = 1 }
         END {
@@ -228,43 +227,107 @@ for name in "${BOOT_NAMES[@]}"; do
             if (result == "") result = "FAIL"
             if (sel != "ok") result = result "+WRONG-STRATEGY(want " want ")"
             else if (want == "rejected") result = result " (rejected: Linux swiotlb)"
-            printf "%-18s %-6s %-9s %-6s %-6s %-5s %-6s %-4s %-11s %-8s %-7s %-7s %s\n", name,
+            shared = (mb0 == "") ? "-" : mb0 "/" (mb1 == "" ? "-" : mb1) "/" mbl
+            printf "%-18s %-6s %-9s %-6s %-6s %-5s %-5s %-6s %-4s %-11s %-8s %-15s %-11s %-7s %s\n", name,
                 ended ? "yes" : "NO", active == "" ? "-" : active,
                 dio == "" ? "-" : dio, nb ? okb + 0 "/" nb : "-", nt ? okt + 0 "/" nt : "-",
-                splats == "" ? "-" : splats, full == "" ? "-" : full, hw == "" ? "-" : hw,
-                maps == "" ? "-" : maps, pool == "" ? "-" : pool, secs == "" ? "-" : secs, result
+                ni ? oki + 0 "/" ni : "-", splats == "" ? "-" : splats, full == "" ? "-" : full,
+                hw == "" ? "-" : hw, maps == "" ? "-" : maps, shared, lp == "" ? "-" : lp,
+                secs == "" ? "-" : secs, result
         }' "$f"
 done
 
-read -ra CFG_LIST <<<"$CONFIGS"
-if [ ${#CFG_LIST[@]} -gt 1 ]; then
+# Conversions per phase: what kccd (and boot) converted while each phase ran, from the
+# deltas of bounce_stats between the phase's dumps; a conversion is a
+# set_memory_decrypted()/set_memory_encrypted() call (TLB flush, direct-map split).
+echo
+echo "== conversions per phase (dec/enc: set_memory_decrypted/encrypted calls:pages;"
+echo "   wake: kccd wake-ups; boot: up to the first dump; strategies only) =="
+printf '%-18s %-6s %14s %14s %8s\n' boot phase dec enc wake
+for name in "${BOOT_NAMES[@]}"; do
+    f="$CACHE_RUNS/$name/results.txt"
+    [ -f "$f" ] || continue
+    awk -v name="$name" "$AWK_KV"'
+        /^bounce_(before|after_[a-z]+): / {
+            ph = $1; sub(/^bounce_/, "", ph); sub(/:$/, "", ph); sub(/^after_/, "", ph)
+            if (ph == "before") ph = "boot"
+            dc = kv($0, "decrypt_calls"); dp = kv($0, "pages_decrypted")
+            ec = kv($0, "encrypt_calls"); ep = kv($0, "pages_encrypted"); w = kv($0, "refill_wakeups")
+            printf "%-18s %-6s %14s %14s %8d\n", name, ph, (dc - pdc) ":" (dp - pdp),
+                (ec - pec) ":" (ep - pep), w - pw
+            pdc = dc; pdp = dp; pec = ec; pep = ep; pw = w
+        }' "$f"
+done
+
+# The ratio tables' columns: every configuration but the A/B boots (whose whole-boot
+# figures are one disk's share; they have a table of their own below).
+CFG_LIST=()
+for cfg in $CONFIGS; do case "$cfg" in ab-*) ;; *) CFG_LIST+=("$cfg") ;; esac; done
+# Every boot's metrics as "<config> <rep> <metric> <value>" lines.
+all_metrics() {
+    local name rep
+    for name in "${BOOT_NAMES[@]}"; do
+        rep=1
+        [[ "$name" =~ \.([0-9]+)$ ]] && rep=${BASH_REMATCH[1]}
+        case "${CFG_OF[$name]}" in ab-*) continue ;; esac
+        metrics "$CACHE_RUNS/$name/results.txt" | sed "s/^/${CFG_OF[$name]} $rep /"
+    done
+}
+# ratio_table BASE: every configuration against BASE, ratio by ratio: in each round
+# (rep) of interleaved boots the configuration's value over BASE's value in the same
+# round, then the median of those ratios and, with several rounds, their spread
+# (min-max), so slow and fast moments of the host cancel within a round.
+ratio_table() {
+    local base=$1
     echo
+    echo "== ratios to $base$SUFFIX: per round of boots, median (min-max over $REPEAT round(s))" \
+         "(latency, seconds and MB of shared memory: lower is better; MB/s and IOPS: higher is better) =="
+    for cfg in "${CFG_LIST[@]}"; do
+        if [ "$(expected_strategy "$cfg")" = rejected ]; then
+            echo "($cfg runs Linux's swiotlb, like linux: its column shows this host's noise)"
+        fi
+    done
+    all_metrics | awk -v base="$base" -v cfgs="${CFG_LIST[*]}" '
+        function med(arr, n,   i, j, t) {
+            for (i = 2; i <= n; i++) { t = arr[i]; j = i - 1; while (j >= 1 && arr[j] > t) { arr[j + 1] = arr[j]; j-- } arr[j + 1] = t }
+            return (n % 2) ? arr[(n + 1) / 2] : (arr[n / 2] + arr[n / 2 + 1]) / 2
+        }
+        $4 != "" && $4 != "nan" {
+            if (!(($3) in seen)) { seen[$3] = 1; order[++nm] = $3 }
+            val[$1, $2, $3] = $4; if ($2 > maxrep) maxrep = $2
+        }
+        END {
+            nc = split(cfgs, cl, " ")
+            printf "%-26s %10s", "metric", base
+            for (c = 1; c <= nc; c++) if (cl[c] != base) printf " %19s", cl[c]
+            printf "\n"
+            for (i = 1; i <= nm; i++) {
+                m = order[i]; k = 0
+                for (r = 1; r <= maxrep; r++) if ((base, r, m) in val) bv[++k] = val[base, r, m]
+                if (!k) continue
+                printf "%-26s %10s", m, med(bv, k)
+                for (c = 1; c <= nc; c++) {
+                    if (cl[c] == base) continue
+                    n = 0
+                    for (r = 1; r <= maxrep; r++)
+                        if ((cl[c], r, m) in val && (base, r, m) in val && val[base, r, m] + 0 != 0)
+                            rr[++n] = val[cl[c], r, m] / val[base, r, m]
+                    if (!n) { printf " %19s", "-"; continue }
+                    lo = hi = rr[1]; for (j = 2; j <= n; j++) { if (rr[j] < lo) lo = rr[j]; if (rr[j] > hi) hi = rr[j] }
+                    if (n == 1) printf " %18.2fx", rr[1]
+                    else printf " %19s", sprintf("%.2fx (%.2f-%.2f)", med(rr, n), lo, hi)
+                }
+                printf "\n"
+            }
+        }'
+}
+if [ ${#CFG_LIST[@]} -gt 1 ]; then
     if [ -z "${BOOTS[linux]:-}" ]; then
+        echo
         echo "(no ratio table: the baseline \"linux\" was not among the configurations)"
     else
-        echo "== ratios to linux$SUFFIX, median of $REPEAT boot(s) each" \
-             "(latency and seconds: lower is better; MB/s: higher is better) =="
-        for cfg in "${CFG_LIST[@]}"; do
-            if [ "$(expected_strategy "$cfg")" = rejected ]; then
-                echo "($cfg runs Linux's swiotlb, like linux: its column shows this host's noise)"
-            fi
-        done
-        declare -A VAL
-        for cfg in "${CFG_LIST[@]}"; do
-            while read -r m v; do VAL[$cfg,$m]=$v; done < <(config_metrics "$cfg")
-        done
-        header=$(printf '%-26s %10s' metric "linux")
-        for cfg in "${CFG_LIST[@]}"; do [ "$cfg" = linux ] || header+=$(printf ' %10s' "$cfg"); done
-        echo "$header"
-        while read -r m base; do
-            row=$(printf '%-26s %10s' "$m" "$base")
-            for cfg in "${CFG_LIST[@]}"; do
-                [ "$cfg" = linux ] && continue
-                row+=$(awk -v v="${VAL[$cfg,$m]:-}" -v b="$base" 'BEGIN {
-                    if (v == "" || b + 0 == 0) printf " %10s", "-"; else printf " %9.2fx", v / b }')
-            done
-            echo "$row"
-        done < <(config_metrics linux)
+        ratio_table linux
+        [ -z "${BOOTS[linux-nodyn]:-}" ] || ratio_table linux-nodyn
     fi
 fi
 
@@ -274,35 +337,40 @@ for name in "${BOOT_NAMES[@]}"; do
     f="$CACHE_RUNS/$name/results.txt"
     [ -f "$f" ] || continue
     echo
-    echo "== A/B inside one boot: $name (vda: ${CFG_OF[$name]#ab-}; MB/s medians of the throughput runs) =="
+    echo "== A/B inside one boot: $name (vda: ${CFG_OF[$name]#ab-}; medians of the MB/s and IOPS runs) =="
     awk "$AWK_KV"'
         /^disk: /        { pci[kv($0, "name")] = kv($0, "pci") }
         /^dio_disk: /    { d = kv($0, "disk"); dio[d] = kv($0, "passed") "/" (kv($0, "passed") + kv($0, "failed")) }
         /^tput_disk: /   { d = kv($0, "disk"); m = kv($0, "mode"); mb[d, m] = kv($0, "MBps"); all[d, m] = kv($0, "MBps_all") }
+        /^iops_disk: /   { d = kv($0, "disk"); m = "iops_" kv($0, "mode"); mb[d, m] = kv($0, "iops"); all[d, m] = kv($0, "iops_all") }
         /^sysfs_device: / { st[kv($0, "name")] = kv($0, "strategy"); maps[kv($0, "name")] = kv($0, "maps")
                            fl[kv($0, "name")] = kv($0, "failures"); pk[kv($0, "name")] = kv($0, "inflight_bytes_peak") }
         END {
-            printf "%-5s %-13s %-9s %-9s %10s %10s %10s %9s %12s\n", "disk", "pci", "strategy", "dio",
-                "write_MBps", "read_MBps", "maps", "failures", "peak_bytes"
+            printf "%-5s %-13s %-9s %-9s %10s %10s %10s %10s %10s %9s %12s\n", "disk", "pci", "strategy", "dio",
+                "write_MBps", "read_MBps", "write_iops", "read_iops", "maps", "failures", "peak_bytes"
             n = split("vda vdb", ds, " ")
             for (i = 1; i <= n; i++) {
                 d = ds[i]; p = pci[d]
-                printf "%-5s %-13s %-9s %-9s %10s %10s %10s %9s %12s\n", d, p, (p in st) ? st[p] : "-",
+                printf "%-5s %-13s %-9s %-9s %10s %10s %10s %10s %10s %9s %12s\n", d, p, (p in st) ? st[p] : "-",
                     (d in dio) ? dio[d] : "-", mb[d, "write"] == "" ? "-" : mb[d, "write"],
-                    mb[d, "read"] == "" ? "-" : mb[d, "read"], (p in maps) ? maps[p] : "-",
+                    mb[d, "read"] == "" ? "-" : mb[d, "read"],
+                    mb[d, "iops_write"] == "" ? "-" : mb[d, "iops_write"],
+                    mb[d, "iops_read"] == "" ? "-" : mb[d, "iops_read"], (p in maps) ? maps[p] : "-",
                     (p in fl) ? fl[p] : "-", (p in pk) ? pk[p] : "-"
             }
             # B/A per throughput run (both disks ran each run at the same time): the
             # median and the spread over the runs.
-            for (m = 1; m <= 2; m++) {
-                mode = (m == 1) ? "write" : "read"
+            split("write read iops_write iops_read", modes, " ")
+            for (m = 1; m <= 4; m++) {
+                mode = modes[m]
                 na = split(all["vda", mode], ra, ","); nb = split(all["vdb", mode], rb, ",")
                 k = 0
                 for (i = 1; i <= na && i <= nb; i++) if (ra[i] + 0 > 0) r[++k] = rb[i] / ra[i]
                 if (!k) continue
                 for (i = 2; i <= k; i++) { t = r[i]; j = i - 1; while (j >= 1 && r[j] > t) { r[j + 1] = r[j]; j-- } r[j + 1] = t }
                 med = (k % 2) ? r[(k + 1) / 2] : (r[k / 2] + r[k / 2 + 1]) / 2
-                printf "vdb/vda %s MB/s: %.2fx (%.2f..%.2f over %d runs)\n", mode, med, r[1], r[k], k
+                printf "vdb/vda %s %s: %.2fx (%.2f..%.2f over %d runs)\n", mode, (mode ~ /^iops/) ? "ops/s" : "MB/s",
+                    med, r[1], r[k], k
             }
         }' "$f"
 done

@@ -11,7 +11,7 @@ use bounce_framework::{DmaAttrs, DmaDirection, FailureReason, LogLevel, SgEntry}
 
 /// The version of this ABI. `bounce_hooks.abi_version` must hold it; bumped whenever
 /// a struct or a function signature changes.
-pub const BOUNCE_ABI_VERSION: u32 = 2;
+pub const BOUNCE_ABI_VERSION: u32 = 3;
 
 /// `DMA_BIDIRECTIONAL`.
 pub const BOUNCE_DMA_BIDIRECTIONAL: u32 = 0;
@@ -243,6 +243,12 @@ pub struct BounceDevice {
     pub min_align_mask: u64,
     /// `dma_get_max_seg_size(dev)`.
     pub max_segment_size: u32,
+    /// What `bounce_attach_device()` returned for this device, kept beside it by the
+    /// caller (the kernel: in `struct device`), or 0. With an attachment the calls
+    /// read neither the name nor any table: the device's route is in this word. A word
+    /// this instance did not hand out is ignored (the device is then looked up by
+    /// name on every call, as with 0).
+    pub attachment: u64,
 }
 
 /// One scatter-gather entry (`struct scatterlist` resolved to a physical address).

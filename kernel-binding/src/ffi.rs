@@ -24,7 +24,7 @@ use crate::abi::{
     BOUNCE_DEVICE_NAME_BUF, BOUNCE_DEVICE_NAME_MAX, BOUNCE_DEVICE_SLOTS, BOUNCE_FAIL_SIZE_BUCKETS, BOUNCE_LANE_NATIVE,
 };
 use crate::errno::{map_errno, EBUSY, EINVAL, ENOENT, ENOTRECOVERABLE, EUCLEAN};
-use crate::instance::{device_from_c, is_low_mask, Bounce};
+use crate::instance::{check_masks, device_from_c, is_low_mask, with_masks, Bounce};
 use crate::text::{copy_into, copy_out};
 
 /// `DMA_MAPPING_ERROR`: what a failed map leaves in its `dma_out`.
@@ -81,7 +81,10 @@ fn direction(inst: &Bounce, what: &str, dir: u32) -> Result<DmaDirection, c_int>
     DmaDirection::from_raw(dir).map_err(|e| inst.bad_argument(format_args!("{what}: {e}")))
 }
 
-/// Converts a C device, counting and recording a NULL or malformed one.
+/// Converts a C device, counting and recording a NULL or malformed one. A device with
+/// an attachment this instance handed out (`bounce_attach_device()`) is taken from it:
+/// no name is read, no lookup made. Any other attachment (another instance's, or
+/// stale) is ignored and the device is looked up by name, as with none.
 ///
 /// # Safety
 /// `dev` is NULL or points to a valid `bounce_device` whose name is NULL or
@@ -91,6 +94,14 @@ unsafe fn device(inst: &Bounce, what: &str, dev: *const BounceDevice) -> Result<
     let Some(d) = (unsafe { dev.as_ref() }) else {
         return Err(inst.bad_argument(format_args!("{what}: device is NULL")));
     };
+    if d.attachment != 0 {
+        if let Some(attached) = inst.bouncer().device_from_handle(d.attachment) {
+            return match check_masks(d) {
+                Ok(()) => Ok(with_masks(attached, d)),
+                Err(m) => Err(inst.bad_argument(format_args!("{what}: {m}"))),
+            };
+        }
+    }
     // SAFETY: the name contract is the caller's.
     unsafe { device_from_c(d) }.map_err(|m| inst.bad_argument(format_args!("{what}: {m}")))
 }
@@ -883,6 +894,51 @@ pub unsafe extern "C" fn bounce_serves_device(b: *const Bounce, dev: *const Boun
     })
 }
 
+/// Resolves `dev` once (by name: its statistics slot and its strategy instance) and
+/// writes to `*out` the word to keep beside the device and pass back in
+/// `bounce_device.attachment` on every later call, so that no call reads the name or
+/// searches the device table again (as Linux sets `dev->dma_io_tlb_mem` once per
+/// device). `*out` is 0 when the device table is full (the device is counted in the
+/// overflow slot and keeps being looked up by name). An attachment already in `dev`
+/// is ignored. Returns 0, or `-EINVAL` for a NULL `b`, `dev` or `out` or a bad
+/// device (then `*out` is 0).
+///
+/// # Context
+/// Any context; never allocates. The first call for a device takes the device
+/// table's registration lock (IRQ-safe).
+///
+/// # Safety
+/// `b` is NULL or a live instance; `dev` as for `bounce_map_single`; `out` is NULL or
+/// writable.
+#[no_mangle]
+pub unsafe extern "C" fn bounce_attach_device(b: *const Bounce, dev: *const BounceDevice, out: *mut u64) -> c_int {
+    const WHAT: &str = "bounce_attach_device";
+    if !out.is_null() {
+        // SAFETY: `out` is writable (caller).
+        unsafe { out.write(0) };
+    }
+    // SAFETY: `b` is NULL or a live instance (caller).
+    entry(unsafe { b.as_ref() }, WHAT, |inst| {
+        if out.is_null() {
+            return inst.bad_argument(format_args!("{WHAT}: out is NULL"));
+        }
+        // SAFETY: the caller passes NULL or a valid device.
+        let Some(d) = (unsafe { dev.as_ref() }) else {
+            return inst.bad_argument(format_args!("{WHAT}: device is NULL"));
+        };
+        // By name, whatever attachment `d` carries.
+        // SAFETY: the name contract is the caller's.
+        match unsafe { device_from_c(d) } {
+            Ok(named) => {
+                // SAFETY: checked non-NULL above; writable (caller).
+                unsafe { out.write(inst.bouncer().attach_handle(&named)) };
+                0
+            }
+            Err(m) => inst.bad_argument(format_args!("{WHAT}: {m}")),
+        }
+    })
+}
+
 /// Devices the command line leaves to the platform's own swiotlb (`<device>:linux`
 /// routes): when 0, `bounce_serves_device` is 1 for every device. `-EINVAL` for a
 /// NULL `b`.
@@ -1127,7 +1183,13 @@ mod tests {
     fn a_healthy_instance_is_not_poisoned_by_errors() {
         let b = instance();
         let mut dma = 0;
-        let dev = BounceDevice { name: core::ptr::null(), dma_mask: u64::MAX, min_align_mask: 0, max_segment_size: 0 };
+        let dev = BounceDevice {
+            name: core::ptr::null(),
+            dma_mask: u64::MAX,
+            min_align_mask: 0,
+            max_segment_size: 0,
+            attachment: 0,
+        };
         // SAFETY: live instance, valid device and out-pointer.
         let rc = unsafe { bounce_map_single(b, &raw const dev, BASE + (2 << 20), 0, 0, 0, 0, &raw mut dma) };
         assert_eq!(rc, -EINVAL);
@@ -1142,10 +1204,113 @@ mod tests {
         assert_eq!(unsafe { bounce_destroy(b) }, 0);
     }
 
+    fn named(name: &core::ffi::CStr) -> BounceDevice {
+        BounceDevice { name: name.as_ptr(), dma_mask: u64::MAX, min_align_mask: 0, max_segment_size: 0, attachment: 0 }
+    }
+
+    /// The slot index of the device named `name` in `bounce_device_stats`, and its maps.
+    fn slot_of(b: *const Bounce, name: &str) -> Option<(u32, u64)> {
+        (0..crate::abi::BOUNCE_DEVICE_SLOTS).find_map(|i| {
+            let mut st = crate::abi::BounceDeviceStats::default();
+            // SAFETY: live instance; `st` writable.
+            (unsafe { bounce_device_stats(b, i, &raw mut st) } == 0).then_some(())?;
+            // SAFETY: NUL-terminated by bounce_device_stats.
+            let n = unsafe { core::ffi::CStr::from_ptr(st.name.as_ptr()) }.to_string_lossy().into_owned();
+            (n == name).then_some((i, st.maps))
+        })
+    }
+
+    #[test]
+    fn an_attached_device_is_known_by_its_word_alone() {
+        let b = instance();
+        let orig = BASE + (2 << 20);
+        let mut dev = named(c"vda");
+        let mut a = 0;
+        // SAFETY: live instance, valid device and out-pointer.
+        assert_eq!(unsafe { bounce_attach_device(b, &raw const dev, &raw mut a) }, 0);
+        assert_ne!(a, 0);
+        // The word alone: a device with no name maps and unmaps as "vda".
+        dev.name = core::ptr::null();
+        dev.attachment = a;
+        let mut dma = 0;
+        // SAFETY: live instance, valid device and out-pointer; the original is in the arena.
+        assert_eq!(unsafe { bounce_map_single(b, &raw const dev, orig, 100, 0, 0, 0, &raw mut dma) }, 0);
+        // SAFETY: as above; `dma` is mapped.
+        assert_eq!(unsafe { bounce_unmap_single(b, &raw const dev, dma, 100, 0, 0) }, 0);
+        assert_eq!(slot_of(b, "vda").map(|(_, maps)| maps), Some(1));
+        // Messages name it from the device table.
+        // SAFETY: as above; 1 MiB is beyond the 256 KiB limit.
+        let rc = unsafe { bounce_map_single(b, &raw const dev, orig, 1 << 20, 0, 0, 0, &raw mut dma) };
+        assert!(rc < 0);
+        assert!(message(b).starts_with("bounce_map_single: "), "{}", message(b));
+        // Attaching again gives the same word; masks are still checked per call.
+        let vda = named(c"vda");
+        // SAFETY: live instance, valid device and out-pointer.
+        assert_eq!(unsafe { bounce_attach_device(b, &raw const vda, &raw mut a) }, 0);
+        assert_eq!(a, dev.attachment);
+        let bad = BounceDevice { min_align_mask: 5, ..dev };
+        // SAFETY: as above.
+        assert_eq!(unsafe { bounce_map_single(b, &raw const bad, orig, 100, 0, 0, 0, &raw mut dma) }, -EINVAL);
+
+        // A word this instance did not hand out is ignored: the name decides.
+        let other = instance();
+        let mut foreign = 0;
+        let vdb = named(c"vdb");
+        // SAFETY: live instance, valid device and out-pointer.
+        assert_eq!(unsafe { bounce_attach_device(other, &raw const vdb, &raw mut foreign) }, 0);
+        for word in [foreign, a ^ (1 << 8), a | (0xff << 8), u64::MAX] {
+            let stray = BounceDevice { attachment: word, ..named(c"vdc") };
+            // SAFETY: as above.
+            assert_eq!(unsafe { bounce_map_single(b, &raw const stray, orig, 100, 0, 0, 0, &raw mut dma) }, 0);
+            // SAFETY: as above; `dma` is mapped.
+            assert_eq!(unsafe { bounce_unmap_single(b, &raw const stray, dma, 100, 0, 0) }, 0);
+        }
+        assert_eq!(slot_of(b, "vdc").map(|(_, maps)| maps), Some(4));
+        assert_eq!(slot_of(b, "vda").map(|(_, maps)| maps), Some(1));
+        // Bad arguments.
+        // SAFETY: NULL out / NULL device are refused.
+        assert_eq!(unsafe { bounce_attach_device(b, &raw const dev, core::ptr::null_mut()) }, -EINVAL);
+        // SAFETY: as above.
+        assert_eq!(unsafe { bounce_attach_device(b, core::ptr::null(), &raw mut a) }, -EINVAL);
+        assert_eq!(a, 0);
+        // SAFETY: live instances, nothing mapped, no concurrent call.
+        assert_eq!(unsafe { bounce_destroy(b) }, 0);
+        // SAFETY: as above.
+        assert_eq!(unsafe { bounce_destroy(other) }, 0);
+    }
+
+    #[test]
+    fn a_full_device_table_hands_out_no_word() {
+        let b = instance();
+        let names: std::vec::Vec<std::ffi::CString> = (0..crate::abi::BOUNCE_DEVICE_SLOTS as usize + 2)
+            .map(|i| std::ffi::CString::new(std::format!("d{i}")).unwrap())
+            .collect();
+        let words: std::vec::Vec<u64> = names
+            .iter()
+            .map(|n| {
+                let (mut a, d) = (0, named(n));
+                // SAFETY: live instance, valid device and out-pointer.
+                assert_eq!(unsafe { bounce_attach_device(b, &raw const d, &raw mut a) }, 0);
+                a
+            })
+            .collect();
+        let (given, none) = words.split_at(crate::abi::BOUNCE_DEVICE_SLOTS as usize - 1);
+        assert!(given.iter().all(|&w| w != 0));
+        assert!(none.iter().all(|&w| w == 0), "the overflow slot's devices keep their names");
+        // SAFETY: live instance, nothing mapped, no concurrent call.
+        assert_eq!(unsafe { bounce_destroy(b) }, 0);
+    }
+
     #[test]
     fn may_block_without_a_sleep_hook_fails_at_once() {
         let b = instance();
-        let dev = BounceDevice { name: core::ptr::null(), dma_mask: u64::MAX, min_align_mask: 0, max_segment_size: 0 };
+        let dev = BounceDevice {
+            name: core::ptr::null(),
+            dma_mask: u64::MAX,
+            min_align_mask: 0,
+            max_segment_size: 0,
+            attachment: 0,
+        };
         let orig = BASE + (2 << 20);
         let mut live = std::vec::Vec::new();
         let rc = loop {

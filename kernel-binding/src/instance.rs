@@ -246,13 +246,7 @@ impl Bounce {
 /// # Safety
 /// `d.name` is NULL or a NUL-terminated string.
 pub unsafe fn device_from_c(d: &BounceDevice) -> Result<Device, &'static str> {
-    let m = d.min_align_mask;
-    if !is_low_mask(m) {
-        return Err("min_align_mask must be of the form 2^k - 1");
-    }
-    if m > BOUNCE_MAX_MIN_ALIGN_MASK {
-        return Err("min_align_mask must be below 64 KiB");
-    }
+    check_masks(d)?;
     let mut name = [0u8; DEVICE_NAME_MAX];
     let mut n = 0;
     if !d.name.is_null() {
@@ -272,7 +266,28 @@ pub unsafe fn device_from_c(d: &BounceDevice) -> Result<Device, &'static str> {
         Ok(s) => s,
         Err(e) => core::str::from_utf8(&name[..e.valid_up_to()]).unwrap_or(""),
     };
-    Ok(Device::new(text).with_dma_mask(d.dma_mask).with_min_align_mask(m).with_max_segment_size(d.max_segment_size))
+    Ok(with_masks(Device::new(text), d))
+}
+
+/// Refuses a `min_align_mask` that is not `2^k - 1` or is 64 KiB or more.
+///
+/// # Errors
+/// The message for `-EINVAL`.
+pub fn check_masks(d: &BounceDevice) -> Result<(), &'static str> {
+    let m = d.min_align_mask;
+    if !is_low_mask(m) {
+        return Err("min_align_mask must be of the form 2^k - 1");
+    }
+    if m > BOUNCE_MAX_MIN_ALIGN_MASK {
+        return Err("min_align_mask must be below 64 KiB");
+    }
+    Ok(())
+}
+
+/// `dev` with `d`'s masks and segment size (checked by [`check_masks`]).
+#[inline]
+pub fn with_masks(dev: Device, d: &BounceDevice) -> Device {
+    dev.with_dma_mask(d.dma_mask).with_min_align_mask(d.min_align_mask).with_max_segment_size(d.max_segment_size)
 }
 
 /// Whether an `alloc_align_mask` is `2^k - 1` (0 included).

@@ -357,8 +357,18 @@ impl World {
             dma_mask: mask,
             min_align_mask: align,
             max_segment_size: 65536,
+            attachment: 0,
         };
-        let devs = [dev(NET, u64::MAX, 0), dev(NVME, u64::MAX, 4095), dev(DEV32, 0xffff_ffff, 0)];
+        let mut devs = [dev(NET, u64::MAX, 0), dev(NVME, u64::MAX, 4095), dev(DEV32, 0xffff_ffff, 0)];
+        // Two devices attached (as the kernel does), one looked up by name on every call:
+        // the model below is the same for both.
+        for i in [NET, NVME] {
+            let mut a = 0;
+            // SAFETY: live instance, valid device, writable out.
+            assert_eq!(unsafe { bounce_attach_device(b, &raw const devs[i], &raw mut a) }, 0);
+            assert_ne!(a, 0);
+            devs[i].attachment = a;
+        }
         let device = SimDevice::new(&host.guest, Device::new("host"));
         // SAFETY: live instance, valid device.
         let max = unsafe { bounce_max_mapping_size(b, &raw const devs[NET]) };

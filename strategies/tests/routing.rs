@@ -160,3 +160,39 @@ fn a_failed_map_is_counted_by_device_reason_and_size() {
     assert_eq!(d.fail_sizes.iter().sum::<u64>(), 1);
     assert_eq!(b.stats().total_failures(), 1);
 }
+
+#[test]
+fn a_handle_stands_for_the_device_with_its_route_and_name() {
+    let (guest, b) = routed(CMDLINE).unwrap();
+    settle(&b);
+    let orig = guest.alloc_private(1 << 20).unwrap();
+    for (name, lane) in [("virtio1", 1), ("0000:00:05.0", 2), ("nvme0", 0)] {
+        let h = b.attach_handle(&Device::new(name));
+        assert_ne!(h, 0, "{name}");
+        assert_eq!(h, b.attach_handle(&Device::new(name)), "one word per device");
+        let dev = b.device_from_handle(h).expect("this bouncer's handle");
+        assert_eq!(dev.name(), "", "the handle carries no name");
+        assert_eq!(usize::from(dev.attachment().route.lane), lane);
+        let dma = b.map_single(&dev, orig, 3000, DmaDirection::ToDevice, DmaAttrs::empty()).unwrap();
+        assert!(b.lanes()[lane].owns(guest.dma_to_phys(dma)), "{name}: its own instance");
+        b.unmap_single(&dev, dma, 3000, DmaDirection::ToDevice, DmaAttrs::empty()).unwrap();
+        // A failure's message names the device, from the table.
+        let before = guest.logs().len();
+        assert!(b.map_single(&dev, orig, 1 << 20, DmaDirection::ToDevice, DmaAttrs::empty()).is_err());
+        let logs = guest.logs();
+        assert!(logs[before..].iter().any(|(_, m)| m.starts_with(&format!("{name}: "))), "{:?}", &logs[before..]);
+        let d = b.device_stats().into_iter().find(|d| d.name() == name).unwrap();
+        assert_eq!((d.stats.maps, d.stats.unmaps), (1, 1), "counted on {name}");
+    }
+    // Words this bouncer did not hand out are refused.
+    let (_g2, other) = routed(CMDLINE).unwrap();
+    let foreign = other.attach_handle(&Device::new("virtio1"));
+    let mine = b.attach_handle(&Device::new("virtio1"));
+    for word in [0, foreign, mine ^ 1, mine ^ (1 << 8), mine | (0xff << 8), u64::MAX] {
+        assert!(b.device_from_handle(word).is_none(), "{word:#x}");
+    }
+    // A full table: the overflow slot's devices get no word.
+    let words: Vec<u64> = (0..DEVICE_SLOTS + 2).map(|i| b.attach_handle(&Device::new(&format!("extra{i}")))).collect();
+    assert!(words.contains(&0));
+    assert!(words.iter().take_while(|&&w| w != 0).count() < DEVICE_SLOTS);
+}

@@ -14,7 +14,11 @@
 #   bouncetest.tput_reps=3        throughput runs (median reported)
 #   bouncetest.tput_bs=65536      throughput block size
 #   bouncetest.tput_threads=2     throughput threads
-#   bouncetest.skip=bench,tput    skip phases (dio, bench, tput)
+#   bouncetest.iops_seconds=2     IOPS run: random O_DIRECT of iops_bs (write, then read)
+#   bouncetest.iops_reps=3        IOPS runs (median reported)
+#   bouncetest.iops_bs=4096       IOPS block size
+#   bouncetest.iops_threads=4     IOPS threads (jobs) per disk
+#   bouncetest.skip=bench,tput    skip phases (dio, bench, tput, iops)
 #   bouncetest.dio_fault=1        self-test of the checker: dio -F flips a byte on disk
 #                                 per size, so the run must report integrity=FAIL
 # With a second disk (/dev/vdb, boot.sh --disks 2) the dio integrity and throughput
@@ -22,6 +26,11 @@
 # (dio_disk:, tput_disk:); every boot with the bounce patch reports the per-device
 # counters of /sys/kernel/bounce (sysfs_device:, sysfs_lane:),
 # so two strategies (or Linux's swiotlb and a strategy) compare inside one boot.
+# Shared memory: every phase reports debugfs swiotlb/bounce_memory (memory_<phase>:),
+# Linux's pools included; with a strategy active, "after boot" checks that no shared
+# memory is unaccounted (the pages the conversion hooks converted equal the strategies'
+# committed and quarantined bytes) and that Linux's idle default pool was freed unless
+# a device is routed to it (result: memory=ok).
 # The strategy label comes from swiotlb.strategy= ("linux" when absent); the strategy
 # that actually runs from debugfs swiotlb/bounce_strategy (the bounce patch; "linux"
 # when no strategy is active or the kernel has no bounce patch).
@@ -61,6 +70,10 @@ TPUT_SECONDS=$(param tput_seconds 2)
 TPUT_REPS=$(param tput_reps 3)
 TPUT_BS=$(param tput_bs 65536)
 TPUT_THREADS=$(param tput_threads 2)
+IOPS_SECONDS=$(param iops_seconds 2)
+IOPS_REPS=$(param iops_reps 3)
+IOPS_BS=$(param iops_bs 4096)
+IOPS_THREADS=$(param iops_threads 4)
 SKIP=$(param skip "")
 DIO_FAULT=""
 [ "$(param dio_fault 0)" = 1 ] && DIO_FAULT=-F
@@ -70,12 +83,13 @@ for w in $CMDLINE; do
 done
 
 # One line with every one-value swiotlb debugfs file: name=value ...
-# (bounce_stats, the bounce patch's "name value" table, is reported on its own line.)
+# (the bounce patch's tables -- bounce_stats, bounce_memory: "name value" lines;
+# bounce_devices -- are reported on lines of their own.)
+one_value() { case "$(basename "$1")" in bounce_stats|bounce_memory|bounce_devices) return 1 ;; esac; }
 swiotlb_line() {
     line=""
     for f in "$SWIOTLB"/*; do
-        [ -f "$f" ] || continue
-        [ "$(basename "$f")" != bounce_stats ] || continue
+        [ -f "$f" ] && one_value "$f" || continue
         line="$line $(basename "$f")=$(cat "$f" 2>/dev/null || echo '?')"
     done
     echo "${line# }"
@@ -83,11 +97,14 @@ swiotlb_line() {
 swiotlb_dump() {
     say "swiotlb debugfs ($1):"
     for f in "$SWIOTLB"/*; do
-        [ -f "$f" ] || continue
-        [ "$(basename "$f")" != bounce_stats ] || continue
+        [ -f "$f" ] && one_value "$f" || continue
         printf '  %-36s %s\n' "$(basename "$f")" "$(cat "$f" 2>/dev/null)"
     done
+    [ -f "$SWIOTLB/bounce_memory" ] && sed 's/^/  /' "$SWIOTLB/bounce_memory"
     res "swiotlb_$1: $(swiotlb_line)"
+    if [ -f "$SWIOTLB/bounce_memory" ]; then
+        res "memory_$1: $(awk '{ printf "%s%s=%s", (NR > 1 ? " " : ""), $1, $2 }' "$SWIOTLB/bounce_memory")"
+    fi
     if [ -f "$SWIOTLB/bounce_stats" ]; then
         say "bounce_stats ($1):"
         sed 's/^/  /' "$SWIOTLB/bounce_stats"
@@ -117,6 +134,39 @@ res "strategy: name=$STRATEGY active=$ACTIVE rejected=$REJECTED force=$FORCE"
 
 [ -d "$SWIOTLB" ] || say "WARNING: $SWIOTLB missing (no swiotlb debugfs?)"
 swiotlb_dump before
+
+# ---------------------------------------------------------------- shared memory
+# No shared memory unaccounted: the hooks' count of converted pages against the
+# strategies' own figures. kccd may be converting at the moment of a read (the two are
+# read one after the other), so a mismatch is read again, up to 20 times 0.1 s apart.
+MEMORY=ok
+if [ "$ACTIVE" != linux ] && [ -f "$SWIOTLB/bounce_memory" ]; then
+    mem_kv() { awk -v k="$1" '$1 == k { print $2 }' /tmp/memory; }
+    tries=0
+    while :; do
+        cat "$SWIOTLB/bounce_memory" > /tmp/memory
+        hook=$(mem_kv hook_shared_bytes)
+        want=$(( $(mem_kv strategy_shared_bytes) + $(mem_kv strategy_quarantined_bytes) ))
+        [ "$hook" = "$want" ] && break
+        tries=$((tries + 1))
+        [ "$tries" -lt 20 ] || break
+        sleep 0.1
+    done
+    state=$(mem_kv linux_pool_state)
+    say "shared memory: hooks $hook bytes, strategies $want bytes, Linux's pool $(mem_kv linux_pool_bytes) bytes ($state)"
+    if [ "$hook" != "$want" ]; then
+        say "ERROR: $hook bytes converted by the hooks, $want accounted by the strategies"
+        MEMORY=UNACCOUNTED
+    fi
+    # Linux's default pool must be gone unless a device is routed to it.
+    case "$state" in
+        released) [ "$(mem_kv linux_pool_bytes)" = 0 ] || MEMORY=POOL-NOT-FREED ;;
+        kept-routed) case "$STRATEGY" in *:linux*) ;; *) MEMORY=POOL-KEPT ;; esac ;;
+        *) MEMORY=POOL-$state ;;
+    esac
+    [ "$MEMORY" = ok ] || say "ERROR: shared memory check: $MEMORY"
+    res "memory_check: result=$MEMORY hook_bytes=$hook strategy_bytes=$want tries=$tries pool_state=$state"
+fi
 
 # ---------------------------------------------------------------- devices
 say "PCI devices:"
@@ -239,21 +289,28 @@ else
     swiotlb_dump after_bench
 fi
 
-# ---------------------------------------------------------------- throughput
-if ! skipped tput; then
+# ---------------------------------------------------------------- throughput, IOPS
+# throughput_phase KIND PATTERN SECONDS REPS BS THREADS: dio -T on every disk at once,
+# REPS times, write then read; KIND is the result key (tput: MB/s of sequential I/O,
+# iops: operations per second of random I/O). Result lines: KIND: (medians),
+# KIND_run: (every run), KIND_disk: (per disk, two-disk boots).
+throughput_phase() {
+    kind=$1 pattern=$2 secs=$3 reps=$4 bs=$5 threads=$6
+    rflag=""
+    [ "$pattern" = rand ] && rflag=-r
     swiotlb_reset_hiwater
     : > /tmp/tput.all
     : > /tmp/tput.other
     r=0
-    while [ "$r" -lt "$TPUT_REPS" ]; do
+    while [ "$r" -lt "$reps" ]; do
         r=$((r + 1))
-        say "throughput: dio -T $TPUT_SECONDS -b $TPUT_BS -t $TPUT_THREADS on $DISKS (rep $r/$TPUT_REPS)"
+        say "$kind: dio -T $secs -b $bs -t $threads $rflag on $DISKS (rep $r/$reps)"
         # Two disks: the one started first alternates from run to run, so neither gets
         # a head start every time.
         order=$DISKS
         [ $((r % 2)) = 0 ] && [ "$DISKS" != vda ] && order="vdb vda"
         for disk in $order; do
-            ( dio -d "/dev/$disk" -T "$TPUT_SECONDS" -b "$TPUT_BS" -t "$TPUT_THREADS" > "/tmp/tput.$disk.out" 2>&1
+            ( dio -d "/dev/$disk" -T "$secs" -b "$bs" -t "$threads" $rflag > "/tmp/tput.$disk.out" 2>&1
               echo $? > "/tmp/tput.$disk.rc" ) &
         done
         wait
@@ -265,15 +322,15 @@ if ! skipped tput; then
             else
                 grep '^tput: ' "/tmp/tput.$disk.out" | sed "s/^tput: /tput: disk=$disk /" >> /tmp/tput.other
             fi
-            [ "$rc" = 0 ] || res "tput_error: disk=$disk rc=$rc rep=$r"
+            [ "$rc" = 0 ] || res "${kind}_error: disk=$disk rc=$rc rep=$r"
         done
     done
-    sed 's/^tput: /tput_run: /' /tmp/tput.all >> "$RES"
+    sed "s/^tput: /${kind}_run: /" /tmp/tput.all >> "$RES"
     for mode in write read; do
         # columns: MBps iops errors
         grep "^tput: mode=$mode " /tmp/tput.all | sed -n 's/.* MBps=\([0-9.]*\) iops=\([0-9.]*\) errors=\([0-9]*\).*/\1 \2 \3/p' > /tmp/tput.$mode
         [ -s /tmp/tput.$mode ] || continue
-        res "tput: mode=$mode pattern=seq bs=$TPUT_BS threads=$TPUT_THREADS seconds=$TPUT_SECONDS reps=$TPUT_REPS" \
+        res "$kind: mode=$mode pattern=$pattern bs=$bs threads=$threads seconds=$secs reps=$reps" \
             "MBps=$(median /tmp/tput.$mode 1) MBps_min=$(column_min /tmp/tput.$mode 1)" \
             "iops=$(median /tmp/tput.$mode 2) errors=$(awk '{ e += $3 } END { print e + 0 }' /tmp/tput.$mode)"
     done
@@ -284,14 +341,17 @@ if ! skipped tput; then
                 if [ "$disk" = vda ]; then src=/tmp/tput.all; else src=/tmp/tput.other; fi
                 grep "mode=$mode " "$src" | sed -n 's/.* MBps=\([0-9.]*\) iops=\([0-9.]*\) errors=\([0-9]*\).*/\1 \2 \3/p' > /tmp/tput.d
                 [ -s /tmp/tput.d ] || continue
-                res "tput_disk: disk=$disk mode=$mode bs=$TPUT_BS threads=$TPUT_THREADS MBps=$(median /tmp/tput.d 1)" \
+                res "${kind}_disk: disk=$disk mode=$mode bs=$bs threads=$threads MBps=$(median /tmp/tput.d 1)" \
                     "MBps_all=$(column_list /tmp/tput.d 1) iops=$(median /tmp/tput.d 2)" \
+                    "iops_all=$(column_list /tmp/tput.d 2)" \
                     "errors=$(awk '{ e += $3 } END { print e + 0 }' /tmp/tput.d)"
             done
         done
     fi
-    swiotlb_dump after_tput
-fi
+    swiotlb_dump "after_$kind"
+}
+skipped tput || throughput_phase tput seq "$TPUT_SECONDS" "$TPUT_REPS" "$TPUT_BS" "$TPUT_THREADS"
+skipped iops || throughput_phase iops rand "$IOPS_SECONDS" "$IOPS_REPS" "$IOPS_BS" "$IOPS_THREADS"
 
 # ---------------------------------------------------------------- /sys/kernel/bounce
 # Per-device counters without debugfs (the bounce patch; absent on other kernels).
@@ -341,7 +401,7 @@ res "kernel_log: splats=$splats swiotlb_full=$full io_errors=$ioerr"
 KLOG=clean
 [ "$splats" = 0 ] || KLOG=splats
 if [ "$FAIL" = 0 ]; then I=PASS; else I=FAIL; fi
-res "result: integrity=$I kernel_log=$KLOG"
+res "result: integrity=$I kernel_log=$KLOG memory=$MEMORY"
 
 dmesg -n 1   # keep console messages out of the block
 echo "=== BOUNCE-RESULTS-BEGIN ==="
