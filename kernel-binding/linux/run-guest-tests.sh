@@ -5,8 +5,9 @@
 #
 # usage: run-guest-tests.sh [options]
 #   --skip-setup        do not run setup.sh (packages already installed)
-#   --configs "LIST"    configurations to boot (default: "linux", every strategy of
-#                       `bounce list --names`, then "bogus"). "linux" boots with no swiotlb.strategy= parameter (Linux's
+#   --configs "LIST"    configurations to boot (default: "linux", "linux-nodyn", every
+#                       strategy of `bounce list --names`, "bogus", "ab-linux-magazine").
+#                       "linux" boots with no swiotlb.strategy= parameter (Linux's
 #                       own swiotlb, the baseline of the ratio table); any other NAME boots
 #                       with swiotlb.strategy=NAME. NAME must then be the strategy that runs
 #                       (debugfs swiotlb/bounce_strategy) if it is one of the built-in
@@ -21,7 +22,9 @@
 #                       is B, or A when B is linux), runs integrity and throughput on both
 #                       at once and prints a per-disk A/B table.
 #   --repeat N          boot every configuration N times, interleaved (linux, legacy, ...,
-#                       linux, legacy, ...); the ratio table uses the median over the boots
+#                       linux, legacy, ...): N rounds; each ratio is taken within a round
+#                       (a configuration's value over the baseline's in the same round),
+#                       the table prints the median and the spread (min-max) of those
 #                       (default 1). TCG on a shared host is noisy: an A/A run of four
 #                       identical kernels gave ratios from 0.7x to 1.5x with N=1.
 #   --append "ARGS"     extra kernel arguments for every boot (e.g. bouncetest.* knobs)
