@@ -9,8 +9,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::addr::{DmaAddr, PhysAddr};
 use crate::cmdline::NATIVE_LANE;
-use crate::devices::{Attachment, DeviceName, DeviceRoute, DeviceSnapshot, DeviceTable, MAX_LANES, NATIVE};
-use crate::dma::{Device, DmaAttrs, DmaDirection};
+use crate::devices::{Attachment, DeviceRoute, DeviceSnapshot, DeviceTable, MAX_LANES, NATIVE};
+use crate::dma::{Device, DeviceName, DmaAttrs, DmaDirection};
 use crate::error::{FailureReason, InitError, LookupError, MapError};
 use crate::platform::{BouncedEvent, LogLevel, Platform};
 use crate::stats::{BounceSnapshot, BounceStats, Counter, DebugfsView, PoolStats};

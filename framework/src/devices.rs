@@ -27,7 +27,7 @@ use alloc::boxed::Box;
 use alloc::string::String;
 use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 
-use crate::dma::{Device, DEVICE_NAME_MAX};
+use crate::dma::{Device, DeviceName, DEVICE_NAME_MAX};
 use crate::lock::{IrqMutex, RawIrqLock};
 use crate::stats::{BounceSnapshot, BounceStats};
 
@@ -91,15 +91,15 @@ impl Slot {
             && self.name.iter().zip(words).all(|(a, &b)| a.load(Ordering::Relaxed) == b)
     }
 
-    /// The name's bytes (zero padded) and length, once claimed.
-    fn name(&self) -> Option<([u8; DEVICE_NAME_MAX], u8)> {
+    /// The name, once claimed.
+    fn name(&self) -> Option<DeviceName> {
         let s = self.state.load(Ordering::Acquire);
         (s & READY != 0).then(|| {
-            let mut buf = [0u8; DEVICE_NAME_MAX];
-            for (chunk, w) in buf.chunks_exact_mut(8).zip(&self.name) {
+            let mut bytes = [0u8; DEVICE_NAME_MAX];
+            for (chunk, w) in bytes.chunks_exact_mut(8).zip(&self.name) {
                 chunk.copy_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
             }
-            (buf, (s & 0xffff) as u8)
+            DeviceName { bytes, len: (s & 0xffff) as u8 }
         })
     }
 }
@@ -151,8 +151,7 @@ pub struct DeviceTable<R: RawIrqLock> {
 /// What one device did: [`DeviceTable::get`], [`DeviceTable::snapshot`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DeviceSnapshot {
-    name: [u8; DEVICE_NAME_MAX],
-    name_len: u8,
+    name: DeviceName,
     /// Its lane ([`NATIVE`] as `usize` for a device no instance serves).
     pub lane: usize,
     /// Its DMA-API counters (in-flight bytes and peak are the device's own).
@@ -161,47 +160,10 @@ pub struct DeviceSnapshot {
     pub fail_sizes: [u64; FAIL_SIZE_BOUNDS.len()],
 }
 
-/// A device's name by value (for messages about a device known by its route only).
-#[derive(Clone, Copy, Debug)]
-pub struct DeviceName {
-    bytes: [u8; DEVICE_NAME_MAX],
-    len: u8,
-}
-
-impl DeviceName {
-    /// A copy of `name` (cut at [`DEVICE_NAME_MAX`] bytes on a char boundary).
-    pub fn new(name: &str) -> Self {
-        let mut len = name.len().min(DEVICE_NAME_MAX);
-        while !name.is_char_boundary(len) {
-            len -= 1;
-        }
-        let mut bytes = [0; DEVICE_NAME_MAX];
-        bytes[..len].copy_from_slice(&name.as_bytes()[..len]);
-        Self { bytes, len: len as u8 }
-    }
-
-    /// The name.
-    pub fn as_str(&self) -> &str {
-        let b = &self.bytes[..usize::from(self.len).min(DEVICE_NAME_MAX)];
-        core::str::from_utf8(b).unwrap_or("?")
-    }
-}
-
-impl core::fmt::Display for DeviceName {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 impl DeviceSnapshot {
     /// The device name ([`OVERFLOW_DEVICE`] for the overflow slot).
     pub fn name(&self) -> &str {
-        let b = &self.name[..usize::from(self.name_len).min(DEVICE_NAME_MAX)];
-        match core::str::from_utf8(b) {
-            Ok(s) => s,
-            // Names come from `Device`, cut on a char boundary: not reached.
-            Err(e) => core::str::from_utf8(&b[..e.valid_up_to()]).unwrap_or(""),
-        }
+        self.name.as_str()
     }
 }
 
@@ -288,10 +250,7 @@ impl<R: RawIrqLock> DeviceTable<R> {
 
     /// The name of the device in slot `slot` (empty while the slot is free).
     pub fn slot_name(&self, slot: u8) -> DeviceName {
-        match self.slots.get(usize::from(slot)).and_then(Slot::name) {
-            Some((bytes, len)) => DeviceName { bytes, len },
-            None => DeviceName { bytes: [0; DEVICE_NAME_MAX], len: 0 },
-        }
+        self.slots.get(usize::from(slot)).and_then(Slot::name).unwrap_or_default()
     }
 
     /// The route of `dev`: from its attachment when it is to this table, else by name,
@@ -353,14 +312,13 @@ impl<R: RawIrqLock> DeviceTable<R> {
     /// Any context; never allocates.
     pub fn get(&self, i: usize) -> Option<DeviceSnapshot> {
         let s = self.slots.get(i)?;
-        let (name, name_len) = s.name()?;
+        let name = s.name()?;
         let stats = s.stats.snapshot();
         if i == DEVICE_SLOTS - 1 && stats == BounceSnapshot::default() {
             return None;
         }
         Some(DeviceSnapshot {
             name,
-            name_len,
             lane: usize::from(s.lane.load(Ordering::Relaxed)),
             stats,
             fail_sizes: core::array::from_fn(|b| s.fail_sizes[b].load(Ordering::Relaxed)),

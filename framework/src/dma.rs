@@ -89,14 +89,50 @@ bitflags::bitflags! {
 /// The longest device name kept (longer names are truncated on a char boundary).
 pub const DEVICE_NAME_MAX: usize = 32;
 
+/// A device's name by value, at most [`DEVICE_NAME_MAX`] bytes (longer names are cut on
+/// a char boundary): in a [`Device`], in the device table's snapshots, and in messages
+/// about a device known by its route only.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceName {
+    /// The name's bytes, zero padded.
+    pub(crate) bytes: [u8; DEVICE_NAME_MAX],
+    /// How many of them are the name.
+    pub(crate) len: u8,
+}
+
+impl DeviceName {
+    /// A copy of `name`, cut at [`DEVICE_NAME_MAX`] bytes on a char boundary.
+    pub fn new(name: &str) -> Self {
+        let mut len = name.len().min(DEVICE_NAME_MAX);
+        while !name.is_char_boundary(len) {
+            len -= 1;
+        }
+        let mut bytes = [0; DEVICE_NAME_MAX];
+        bytes[..len].copy_from_slice(&name.as_bytes()[..len]);
+        Self { bytes, len: len as u8 }
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        let b = &self.bytes[..usize::from(self.len).min(DEVICE_NAME_MAX)];
+        // The bytes were copied from a `&str` and cut on a char boundary.
+        core::str::from_utf8(b).unwrap_or("?")
+    }
+}
+
+impl fmt::Display for DeviceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What the bounce layer needs to know about a device (`struct device` and its
 /// `dma_parms`).
 ///
 /// Equality compares what describes the device, not its [`Attachment`].
 #[derive(Clone, Copy)]
 pub struct Device {
-    name: [u8; DEVICE_NAME_MAX],
-    name_len: u8,
+    name: DeviceName,
     /// The bouncer slot and lane cached by [`Bouncer::attach`](crate::Bouncer::attach).
     attachment: Attachment,
     /// The device's addressing limit (`*dev->dma_mask`): every bus address it is handed
@@ -114,8 +150,7 @@ impl Device {
     /// (Linux's default `max_seg_size`).
     pub fn new(name: &str) -> Self {
         let mut dev = Self {
-            name: [0; DEVICE_NAME_MAX],
-            name_len: 0,
+            name: DeviceName::default(),
             attachment: Attachment { table: 0, route: DeviceRoute { slot: 0, lane: 0 } },
             dma_mask: u64::MAX,
             min_align_mask: 0,
@@ -155,13 +190,7 @@ impl Device {
 
     /// Replaces the name (truncated to [`DEVICE_NAME_MAX`] bytes on a char boundary).
     pub fn set_name(&mut self, name: &str) {
-        let mut len = name.len().min(DEVICE_NAME_MAX);
-        while !name.is_char_boundary(len) {
-            len -= 1;
-        }
-        self.name = [0; DEVICE_NAME_MAX];
-        self.name[..len].copy_from_slice(&name.as_bytes()[..len]);
-        self.name_len = len as u8;
+        self.name = DeviceName::new(name);
         self.attachment = Attachment::default();
     }
 
@@ -187,14 +216,13 @@ impl Device {
 
     /// The device's name (`dev_name()`).
     pub fn name(&self) -> &str {
-        // The bytes were copied from a `&str` and cut on a char boundary.
-        core::str::from_utf8(&self.name[..usize::from(self.name_len)]).unwrap_or("?")
+        self.name.as_str()
     }
 
     /// The name's length in bytes.
     #[inline]
     pub(crate) fn name_len(&self) -> usize {
-        usize::from(self.name_len)
+        usize::from(self.name.len)
     }
 
     /// The name as four little-endian words, zero padded (how the device table stores
@@ -203,7 +231,7 @@ impl Device {
     pub fn name_words(&self) -> [u64; DEVICE_NAME_MAX / 8] {
         core::array::from_fn(|i| {
             let mut w = [0u8; 8];
-            w.copy_from_slice(&self.name[i * 8..i * 8 + 8]);
+            w.copy_from_slice(&self.name.bytes[i * 8..i * 8 + 8]);
             u64::from_le_bytes(w)
         })
     }

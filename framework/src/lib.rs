@@ -48,10 +48,10 @@ pub use addr::{
 pub use bouncer::{Bouncer, BouncerOptions, SgEntry, SgError, MAY_BLOCK_TIMEOUT_NS};
 pub use cmdline::{BootConfig, ForceMode, LaneRoutes, Route, StrategyParams, SwiotlbParam, NATIVE_LANE, NATIVE_ROUTE};
 pub use devices::{
-    fail_size_bucket, Attachment, DeviceName, DeviceRoute, DeviceSnapshot, DeviceTable, DEVICE_SLOTS, FAIL_SIZE_BOUNDS,
-    MAX_LANES, OVERFLOW_DEVICE,
+    fail_size_bucket, Attachment, DeviceRoute, DeviceSnapshot, DeviceTable, DEVICE_SLOTS, FAIL_SIZE_BOUNDS, MAX_LANES,
+    OVERFLOW_DEVICE,
 };
-pub use dma::{Device, DmaAttrs, DmaDirection, DEVICE_NAME_MAX};
+pub use dma::{Device, DeviceName, DmaAttrs, DmaDirection, DEVICE_NAME_MAX};
 pub use error::{CmdlineError, Detail, FailureReason, GrowError, InitError, LookupError, MapError, PlatformError};
 pub use lock::{IrqControl, IrqGuards, IrqMutex, IrqMutexGuard, IrqState, NoIrq, RawIrqLock, SpinIrqLock};
 pub use percpu::{PerCpuUsage, USAGE_BATCH};
