@@ -91,9 +91,7 @@ fn direction(inst: &Bounce, what: &str, dir: u32) -> Result<DmaDirection, c_int>
 /// NUL-terminated.
 unsafe fn device(inst: &Bounce, what: &str, dev: *const BounceDevice) -> Result<bounce_framework::Device, c_int> {
     // SAFETY: the caller passes NULL or a valid device.
-    let Some(d) = (unsafe { dev.as_ref() }) else {
-        return Err(inst.bad_argument(format_args!("{what}: device is NULL")));
-    };
+    let d = unsafe { device_ref(inst, what, dev) }?;
     if d.attachment != 0 {
         if let Some(attached) = inst.bouncer().device_from_handle(d.attachment) {
             return match check_masks(d) {
@@ -102,6 +100,25 @@ unsafe fn device(inst: &Bounce, what: &str, dev: *const BounceDevice) -> Result<
             };
         }
     }
+    // SAFETY: the name contract is the caller's.
+    unsafe { device_by_name(inst, what, d) }
+}
+
+/// The C device behind `dev`, counting and recording a NULL one.
+///
+/// # Safety
+/// `dev` is NULL or points to a valid `bounce_device`.
+unsafe fn device_ref<'a>(inst: &Bounce, what: &str, dev: *const BounceDevice) -> Result<&'a BounceDevice, c_int> {
+    // SAFETY: the caller passes NULL or a valid device.
+    unsafe { dev.as_ref() }.ok_or_else(|| inst.bad_argument(format_args!("{what}: device is NULL")))
+}
+
+/// Converts `d` by its name (whatever attachment it carries), counting and recording a
+/// malformed one.
+///
+/// # Safety
+/// `d.name` is NULL or NUL-terminated.
+unsafe fn device_by_name(inst: &Bounce, what: &str, d: &BounceDevice) -> Result<bounce_framework::Device, c_int> {
     // SAFETY: the name contract is the caller's.
     unsafe { device_from_c(d) }.map_err(|m| inst.bad_argument(format_args!("{what}: {m}")))
 }
@@ -922,19 +939,15 @@ pub unsafe extern "C" fn bounce_attach_device(b: *const Bounce, dev: *const Boun
         if out.is_null() {
             return inst.bad_argument(format_args!("{WHAT}: out is NULL"));
         }
-        // SAFETY: the caller passes NULL or a valid device.
-        let Some(d) = (unsafe { dev.as_ref() }) else {
-            return inst.bad_argument(format_args!("{WHAT}: device is NULL"));
-        };
-        // By name, whatever attachment `d` carries.
-        // SAFETY: the name contract is the caller's.
-        match unsafe { device_from_c(d) } {
+        // By name, whatever attachment `dev` carries.
+        // SAFETY: `dev` is NULL or a valid device with a valid name (caller).
+        match unsafe { device_ref(inst, WHAT, dev).and_then(|d| device_by_name(inst, WHAT, d)) } {
             Ok(named) => {
                 // SAFETY: checked non-NULL above; writable (caller).
                 unsafe { out.write(inst.bouncer().attach_handle(&named)) };
                 0
             }
-            Err(m) => inst.bad_argument(format_args!("{WHAT}: {m}")),
+            Err(rc) => rc,
         }
     })
 }
@@ -1183,13 +1196,7 @@ mod tests {
     fn a_healthy_instance_is_not_poisoned_by_errors() {
         let b = instance();
         let mut dma = 0;
-        let dev = BounceDevice {
-            name: core::ptr::null(),
-            dma_mask: u64::MAX,
-            min_align_mask: 0,
-            max_segment_size: 0,
-            attachment: 0,
-        };
+        let dev = unnamed();
         // SAFETY: live instance, valid device and out-pointer.
         let rc = unsafe { bounce_map_single(b, &raw const dev, BASE + (2 << 20), 0, 0, 0, 0, &raw mut dma) };
         assert_eq!(rc, -EINVAL);
@@ -1204,8 +1211,19 @@ mod tests {
         assert_eq!(unsafe { bounce_destroy(b) }, 0);
     }
 
+    /// A device with no name, a 64-bit mask and no attachment.
+    fn unnamed() -> BounceDevice {
+        BounceDevice {
+            name: core::ptr::null(),
+            dma_mask: u64::MAX,
+            min_align_mask: 0,
+            max_segment_size: 0,
+            attachment: 0,
+        }
+    }
+
     fn named(name: &core::ffi::CStr) -> BounceDevice {
-        BounceDevice { name: name.as_ptr(), dma_mask: u64::MAX, min_align_mask: 0, max_segment_size: 0, attachment: 0 }
+        BounceDevice { name: name.as_ptr(), ..unnamed() }
     }
 
     /// The slot index of the device named `name` in `bounce_device_stats`, and its maps.
@@ -1304,13 +1322,7 @@ mod tests {
     #[test]
     fn may_block_without_a_sleep_hook_fails_at_once() {
         let b = instance();
-        let dev = BounceDevice {
-            name: core::ptr::null(),
-            dma_mask: u64::MAX,
-            min_align_mask: 0,
-            max_segment_size: 0,
-            attachment: 0,
-        };
+        let dev = unnamed();
         let orig = BASE + (2 << 20);
         let mut live = std::vec::Vec::new();
         let rc = loop {
