@@ -464,7 +464,9 @@ struct Worker<'a, S: Strategy> {
     scratch: Vec<u8>,
     counts: Counts,
     problems: Problems,
-    corrupted: bool,
+    /// The device whose idle slot `--sabotage corrupt` wrote into (that slot is out of
+    /// circulation from then on).
+    corrupted: Option<usize>,
 }
 
 fn run_one<S: Strategy + 'static>(
