@@ -366,6 +366,22 @@ impl<L: RawIrqLock> ClassPool<L> {
         None
     }
 
+    /// Detaches the oldest completely free chunk if the free count stays at or above
+    /// `keep` without it, however briefly it has been free: for another class that ran
+    /// dry on the map path ([`PoolSet::pop_reclaimed`](crate::PoolSet::pop_reclaimed)).
+    ///
+    /// # Context
+    /// Any context; O(1) under the pool lock; never allocates.
+    pub(crate) fn take_empty(&self, keep: usize) -> Option<Arc<Chunk>> {
+        let mut st = self.state.lock();
+        let n = st.empty.front().get()?.buffers();
+        if st.ready - n < keep {
+            return None;
+        }
+        let chunk = st.empty.pop_front()?;
+        Some(self.detach_locked(&mut st, chunk))
+    }
+
     /// Whether [`ClassPool::take_idle`] would return a chunk at `now` (stamps only count
     /// once set). O(empty chunks) under the lock.
     pub(crate) fn has_idle(&self, now: u64, idle_ns: u64, keep: usize) -> bool {

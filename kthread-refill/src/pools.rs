@@ -304,6 +304,10 @@ pub const fn no_buffer(size: usize, class_size: usize) -> MapError {
 pub struct RequestCounters {
     /// Requests served by a larger class because their own was empty.
     pub fallbacks: u64,
+    /// Requests served by a completely free shell taken from another class, when their
+    /// own class, the blank shells and the larger classes had nothing
+    /// ([`PoolSet::pop_reclaimed`]).
+    pub reclaimed: u64,
     /// Requests refused with [`MapError::Exhausted`].
     pub no_buffer: u64,
     /// Requests refused with [`MapError::Cap`].
@@ -414,6 +418,8 @@ pub struct PoolSet<P: Platform> {
     cap_reclaims: AtomicU64,
     /// Maps served by a larger class ([`PoolSet::note_fallback`]).
     fallbacks: AtomicU64,
+    /// Maps served by another class's free shell ([`PoolSet::pop_reclaimed`]).
+    reclaimed: AtomicU64,
     /// Maps refused as exhausted ([`PoolSet::refuse`]).
     refused_exhausted: AtomicU64,
     /// Maps refused at the cap.
@@ -534,6 +540,7 @@ impl<P: Platform> PoolSet<P> {
             grow_failures: AtomicU64::new(0),
             cap_reclaims: AtomicU64::new(0),
             fallbacks: AtomicU64::new(0),
+            reclaimed: AtomicU64::new(0),
             refused_exhausted: AtomicU64::new(0),
             refused_cap: AtomicU64::new(0),
         })
@@ -660,6 +667,7 @@ impl<P: Platform> PoolSet<P> {
     pub fn request_counters(&self) -> RequestCounters {
         RequestCounters {
             fallbacks: self.fallbacks.load(Ordering::Relaxed),
+            reclaimed: self.reclaimed.load(Ordering::Relaxed),
             no_buffer: self.refused_exhausted.load(Ordering::Relaxed),
             cap_reached: self.refused_cap.load(Ordering::Relaxed),
         }
@@ -736,6 +744,39 @@ impl<P: Platform> PoolSet<P> {
                 None
             }
         })
+    }
+
+    /// The map path's last resort, for a request that its own class, the blank shells
+    /// and the larger classes could not serve: a completely free shell of another
+    /// class, reshaped for `class` and published to its pool, then popped. Without it
+    /// the shells that other classes emptied moments ago stay theirs until the engine
+    /// finds them idle (a fiftieth of `idle_ms`), and a burst of one size fails while
+    /// the set holds shared memory enough for it (seen in the Linux guest: a 256 KiB map
+    /// refused with 8 MiB in flight in 16 MiB of shells).
+    ///
+    /// A donor first keeps its target (its floor of free buffers); only an atomic map,
+    /// which cannot wait for the engine, takes a shell below it. The engine is woken to
+    /// restore the blank shells and the donor. Counted in
+    /// [`RequestCounters::reclaimed`]. `None` for [`Need::Stock`] and for classes that
+    /// are not shells (the seed's layout).
+    ///
+    /// # Context
+    /// Any context; never sleeps, allocates or converts (the shell is already shared,
+    /// indexed and has its records). One pool lock at a time.
+    pub fn pop_reclaimed(&self, class: usize, need: Need) -> Option<FreeBuffer> {
+        if need == Need::Stock || !self.shellable(class) {
+            return None;
+        }
+        let donors = || (0..self.table.len()).filter(move |&c| c != class && self.shellable(c));
+        let shell = donors()
+            .find_map(|c| self.pools[c].take_empty(self.pools[c].effective_target()))
+            .or_else(|| (need == Need::Atomic).then(|| donors().find_map(|c| self.pools[c].take_empty(0))).flatten())?;
+        shell.blank();
+        shell.reshape(class, self.table.get(class));
+        self.pools[class].publish(shell);
+        self.reclaimed.fetch_add(1, Ordering::Relaxed);
+        self.platform.wake_refill();
+        self.pools[class].pop(true).map(|p| p.buf)
     }
 
     /// The chunk record a buffer belongs to.

@@ -107,15 +107,19 @@ fn a_request_fails_only_when_no_free_shared_buffer_of_a_fitting_size_is_left() {
     let s = set(&g, 16 << 20, 1000);
     let cap_room = s.cap_bytes() - shared(&s);
     assert!(cap_room < 16 << 20);
-    // The 512 KiB and 4 KiB classes in use (free buffers), as after their first maps.
-    for c in [C256K + 1, C4K] {
-        let first = s.pop(c, Need::Atomic).unwrap();
-        s.push(first);
-    }
-    // 256 KiB requests: the class, then blank shells, then the 512 KiB class.
+    // The 512 KiB and 4 KiB classes in use (free buffers), as after their first maps;
+    // one 4 KiB buffer stays out, so no shell of that class is completely free.
+    let first = s.pop(C256K + 1, Need::Atomic).unwrap();
+    s.push(first);
+    let out_4k = s.pop(C4K, Need::Atomic).unwrap();
+    // 256 KiB requests as the strategies make them: the class, then blank shells, then
+    // the 512 KiB class, then a completely free shell of another class.
     let mut held = Vec::new();
     loop {
-        let b = s.pop(C256K, Need::Atomic).or_else(|| s.pop_larger(C256K, Need::Atomic));
+        let b = s
+            .pop(C256K, Need::Atomic)
+            .or_else(|| s.pop_larger(C256K, Need::Atomic))
+            .or_else(|| s.pop_reclaimed(C256K, Need::Atomic));
         match b {
             Some(b) => held.push(b),
             None => break,
@@ -127,13 +131,16 @@ fn a_request_fails_only_when_no_free_shared_buffer_of_a_fitting_size_is_left() {
     );
     assert_eq!(s.blank_shells(), 0, "every blank shell was used before failing");
     assert_eq!(s.pool(C256K + 1).ready(), 0);
-    // Smaller classes still have free buffers, but none fits 256 KiB: the only
-    // failure left, and it is counted as a shortfall of the class (a miss).
+    // Smaller classes still have free buffers, but none fits 256 KiB and no shell is
+    // completely free: the only failure left, and it is counted as a shortfall of the
+    // class (a miss).
     assert!(s.pool(C4K).ready() > 0);
+    assert!((0..s.table().len()).all(|c| s.counters(c).empty_chunks == 0));
     assert!(s.counters(C256K).misses > 0);
     // A 4 KiB request is still served (from its own class).
     let small = s.pop(C4K, Need::Atomic).unwrap();
     s.push(small);
+    s.push(out_4k);
     for b in held {
         s.push(b);
     }
@@ -249,4 +256,64 @@ fn a_steady_rate_stops_converting_after_warm_up() {
         s.push(b);
     }
     s.audit().unwrap();
+}
+
+#[test]
+fn a_free_shell_another_class_holds_serves_a_burst_its_own_class_and_the_blanks_cannot() {
+    let g = guest();
+    // A cap the boot floor nearly fills: nothing grows, the engine never runs.
+    let s = set(&g, 16 << 20, 1000);
+    // A burst of 4 KiB maps takes every blank shell, then ends: the 4 KiB class holds
+    // the shells, completely free, until the engine finds them idle.
+    let mut small = Vec::new();
+    while s.blank_shells() > 0 || s.pool(C4K).ready() > 0 {
+        small.push(s.pop(C4K, Need::Atomic).expect("the class or a blank shell serves"));
+    }
+    // The 256 KiB and 512 KiB classes' own buffers, held.
+    let mut big = Vec::new();
+    while let Some(b) = s.pop(C256K, Need::Atomic).or_else(|| s.pop_larger(C256K, Need::Atomic)) {
+        big.push(b);
+    }
+    for b in small {
+        s.push(b);
+    }
+    let target = s.pool(C4K).effective_target();
+    let free_4k = s.pool(C4K).ready();
+    assert!(free_4k >= target + 128, "the burst left free shells in the 4 KiB class");
+    assert_eq!(s.blank_shells(), 0);
+    // Its own class, the blank shells and the larger classes have nothing for 256 KiB...
+    assert!(s.pop(C256K, Need::Atomic).or_else(|| s.pop_larger(C256K, Need::Atomic)).is_none());
+    // ... but the free shells serve it: no allocation, no conversion. A map that may
+    // wait leaves the donor its floor (target); an atomic one takes the rest.
+    let calls = s.shared().stats().calls();
+    big.reserve(1024);
+    let (waitable, allocs) = count_allocations(|| {
+        let mut n = 0usize;
+        while let Some(b) = s.pop(C256K, Need::Waitable).or_else(|| s.pop_reclaimed(C256K, Need::Waitable)) {
+            big.push(b);
+            n += 1;
+        }
+        n
+    });
+    assert!(waitable >= 2, "a map that may wait was served by a reclaimed shell ({waitable})");
+    assert_eq!(allocs, 0, "the map path allocated");
+    assert!(s.pool(C4K).ready() >= target, "a map that may wait took the donor's floor");
+    assert!(s.pool(C4K).ready() < target + 128, "a shell above the floor was left behind");
+    let mut atomic = 0usize;
+    while let Some(b) = s.pop(C256K, Need::Atomic).or_else(|| s.pop_reclaimed(C256K, Need::Atomic)) {
+        big.push(b);
+        atomic += 1;
+    }
+    assert_eq!(s.shared().stats().calls(), calls, "the map path converted");
+    assert!(atomic >= 2, "an atomic map takes the shell below the donor's floor ({atomic})");
+    assert_eq!(s.pool(C4K).counters().empty_chunks, 0, "a completely free shell was left behind");
+    assert_eq!(s.request_counters().reclaimed, (waitable + atomic) as u64 / 2);
+    assert!(big.iter().all(|b| g.range_is(s.buffer_addr(b), 256 << 10, bounce_framework::sim::PageState::Shared)));
+    // Stocking a cache never reclaims.
+    assert!(s.pop_reclaimed(C256K, Need::Stock).is_none());
+    for b in big {
+        s.push(b);
+    }
+    s.audit().unwrap();
+    g.assert_no_violations();
 }

@@ -220,6 +220,8 @@ impl<P: Platform> Strategy for Dynamic<P> {
                 self.pools.note_fallback();
             }
         }
+        // Last: a free shell another class holds (see `PoolSet::pop_reclaimed`).
+        let buf = buf.or_else(|| self.pools.pop_reclaimed(choice.class, need));
         let Some(buf) = buf else { return Err(self.pools.refuse(req, choice.class)) };
         let addr = self.pools.commit(buf, req.orig, choice.offset, req.alloc_size, req.cpu);
         Ok(Reservation { addr })

@@ -132,6 +132,8 @@ impl<P: Platform> Backing for Waitable<'_, P> {
 pub struct MagazineCounters {
     /// Requests served by a larger class because their own was exhausted everywhere.
     pub fallbacks: u64,
+    /// Requests served by a completely free shell taken from another class's pool.
+    pub reclaimed: u64,
     /// Requests refused with [`MapError::Exhausted`].
     pub no_buffer: u64,
     /// Requests refused with [`MapError::Cap`].
@@ -294,9 +296,10 @@ impl<P: Platform> Magazine<P> {
 
     /// Strategy counters.
     pub fn counters(&self) -> MagazineCounters {
-        let RequestCounters { fallbacks, no_buffer, cap_reached } = self.pools.request_counters();
+        let RequestCounters { fallbacks, reclaimed, no_buffer, cap_reached } = self.pools.request_counters();
         MagazineCounters {
             fallbacks,
+            reclaimed,
             no_buffer,
             cap_reached,
             trims: self.trims.load(Ordering::Relaxed),
@@ -419,7 +422,8 @@ impl<P: Platform> Strategy for Magazine<P> {
             if buf.is_some() {
                 self.pools.note_fallback();
             }
-            buf
+            // Last: a free shell another class's pool holds (`PoolSet::pop_reclaimed`).
+            buf.or_else(|| self.pools.pop_reclaimed(choice.class, need))
         };
         let Some(buf) = buf else { return Err(self.pools.refuse(req, choice.class)) };
         Ok(Reservation { addr: self.pools.commit(buf, req.orig, choice.offset, req.alloc_size, req.cpu) })
