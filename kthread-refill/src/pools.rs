@@ -7,7 +7,9 @@
 //!   whose buffers are all free goes back to a list of *blank shells* (still shared and
 //!   indexed, with their records), and a class that runs empty reshapes one **on the
 //!   map path** ([`PoolSet::pop`]): no allocation, no conversion. The blank shells are
-//!   one reserve for every class's fluctuations. Shells are built by the engine from
+//!   one reserve for every class's fluctuations; when none is left, a request that no
+//!   larger class can serve either reshapes a completely free shell another class still
+//!   holds ([`PoolSet::pop_reclaimed`]). Shells are built by the engine from
 //!   the [`Stock`] (converted, uncarved pages), which converts blocks with one call
 //!   each and returns pages only within the block they came from.
 //! - **Batches** (the `seed` preset, no stock): a chunk is one conversion batch of its
