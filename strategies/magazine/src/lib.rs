@@ -138,6 +138,9 @@ pub struct MagazineCounters {
     pub no_buffer: u64,
     /// Requests refused with [`MapError::Cap`].
     pub cap_reached: u64,
+    /// Depot flushes by requests that found nothing else
+    /// ([`MagazineLayer::flush_depots`]).
+    pub flushes: u64,
     /// Trim periods run.
     pub trims: u64,
     /// Reap periods run.
@@ -158,6 +161,7 @@ pub struct Magazine<P: Platform> {
     reap_ns: u64,
     last_trim: AtomicU64,
     last_reap: AtomicU64,
+    flushes: AtomicU64,
     trims: AtomicU64,
     reaps: AtomicU64,
     stocked: AtomicU64,
@@ -273,6 +277,7 @@ impl<P: Platform> Magazine<P> {
             reap_ns: reap_ms.saturating_mul(1_000_000),
             last_trim: AtomicU64::new(0),
             last_reap: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
             trims: AtomicU64::new(0),
             reaps: AtomicU64::new(0),
             stocked: AtomicU64::new(0),
@@ -302,6 +307,7 @@ impl<P: Platform> Magazine<P> {
             reclaimed,
             no_buffer,
             cap_reached,
+            flushes: self.flushes.load(Ordering::Relaxed),
             trims: self.trims.load(Ordering::Relaxed),
             reaps: self.reaps.load(Ordering::Relaxed),
             stocked: self.stocked.load(Ordering::Relaxed),
@@ -391,6 +397,23 @@ impl<P: Platform> Magazine<P> {
     }
 }
 
+impl<P: Platform> Magazine<P> {
+    /// A request that nothing could serve: the depots' full magazines go back to the
+    /// pools ([`MagazineLayer::flush_depots`]), then the pools are asked again (the
+    /// class, larger classes, a free shell). `None` at once when the depots held
+    /// nothing, as under a sustained shortage.
+    fn flush_and_retry(&self, class: usize, need: Need) -> Option<FreeBuffer> {
+        if need == Need::Stock || self.layer.flush_depots(&self.pools) == 0 {
+            return None;
+        }
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        self.pools
+            .pop(class, need)
+            .or_else(|| if self.fallback { self.pools.pop_larger(class, need) } else { None })
+            .or_else(|| self.pools.pop_reclaimed(class, need))
+    }
+}
+
 impl<P: Platform> Drop for Magazine<P> {
     /// Gives every cached buffer back to the pools, so the pools' own teardown can
     /// return idle chunks to private memory.
@@ -422,8 +445,10 @@ impl<P: Platform> Strategy for Magazine<P> {
             if buf.is_some() {
                 self.pools.note_fallback();
             }
-            // Last: a free shell another class's pool holds (`PoolSet::pop_reclaimed`).
+            // Last: a free shell another class's pool holds (`PoolSet::pop_reclaimed`),
+            // then the same after the depots gave their full magazines back.
             buf.or_else(|| self.pools.pop_reclaimed(choice.class, need))
+                .or_else(|| self.flush_and_retry(choice.class, need))
         };
         let Some(buf) = buf else { return Err(self.pools.refuse(req, choice.class)) };
         Ok(Reservation { addr: self.pools.commit(buf, req.orig, choice.offset, req.alloc_size, req.cpu) })
