@@ -4,7 +4,7 @@
 //! on the map path, so a map fails only when no shared memory could hold it, not while
 //! another class still holds a free shell it has not yet given back (issue 16's guest
 //! boots: a 256 KiB map refused with 8 MiB in flight in 16 MiB of shells), nor while
-//! magazine's depots keep full magazines for later.
+//! magazine's caches keep buffers for later.
 
 use bounce_framework::conformance::pattern;
 use bounce_framework::sim::{set_current_cpu, PlatformKind, SimConfig, SimDevice, SimGuest};
@@ -87,25 +87,32 @@ fn shells_one_burst_emptied_serve_the_next_burst_of_another_size_at_once() {
 }
 
 #[test]
-fn magazine_depots_give_their_full_magazines_back_before_a_map_fails() {
+fn magazine_caches_give_their_buffers_back_before_a_map_fails() {
     let t = Burst::boot(StrategyKind::Magazine);
     let AnyStrategy::Magazine(m) = t.bouncer.strategy() else { unreachable!("booted magazine") };
     let (small, _) = t.flood(SMALL);
     t.unmap_all(small, SMALL);
-    // The engine stocks the depots of the cached classes from the pools, as after a
-    // burst: buffers kept for later, spread over shells that are otherwise free.
+    // The CPU caches kept the last buffers freed, and the engine stocks the depots of
+    // the cached classes from the pools: buffers kept for later, spread over shells
+    // that are otherwise free.
     for _ in 0..8 {
         m.run_background();
     }
     let classes = m.pools().table().len();
     let depot_full = || (0..classes).map(|c| m.layer().class_stats(c).depot_full).sum::<usize>();
+    let cached = || (0..classes).map(|c| m.layer().cached_count(c)).sum::<usize>();
     assert!(depot_full() > 0, "the engine stocked no depot");
+    let cpu_cached = (0..classes)
+        .flat_map(|c| (0..m.layer().cpu_count()).map(move |cpu| (c, cpu)))
+        .map(|(c, cpu)| m.layer().cpu_cached(c, cpu))
+        .sum::<usize>();
+    assert!(cpu_cached > 0, "the CPU caches hold nothing");
     let shared = m.stats().conversions.shared_bytes as usize;
-    // 256 KiB maps until one fails: before it does, the depots give their full
-    // magazines back and the shells they free are reshaped.
+    // 256 KiB maps until one fails: before it does, the caches give their buffers
+    // back and the shells they free are reshaped.
     let (large, e) = t.flood(LARGE);
     assert_eq!(e.reason(), FailureReason::Exhausted, "{e}");
-    assert_eq!(depot_full(), 0, "a map failed while a depot held full magazines");
+    assert_eq!(cached(), 0, "a map failed while the caches held buffers");
     assert!(m.counters().flushes >= 1 && m.counters().reclaimed >= 1, "{:?}", m.counters());
     let mapped = large.len() * LARGE;
     assert!(mapped >= shared * 3 / 4, "{mapped} bytes mapped in {shared} bytes of shared memory");

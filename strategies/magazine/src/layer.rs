@@ -646,28 +646,13 @@ impl<R: RawIrqLock, T> MagazineLayer<R, T> {
         grown
     }
 
-    /// The map path's last resort before a refusal: gives every full depot magazine of
-    /// every class back to the store (the CPU caches, the working sets, stay), so that
-    /// buffers the depots hold for later do not keep their chunks from being reshaped
-    /// for a request that has nothing else. Returns the buffers given back (0, after
-    /// one lock per class, when the depots hold nothing).
+    /// Gives every cached buffer back to the store (CPU caches and depot); returns how
+    /// many.
     ///
     /// # Context
-    /// Any context; never allocates (the emptied magazines stay in the depot).
-    pub fn flush_depots<B: Backing<Buf = T> + ?Sized>(&self, backing: &B) -> usize {
-        let mut n = 0;
-        for (class, c) in self.classes.iter().enumerate() {
-            let mut d = Self::lock_depot(c);
-            while let Some(mut mag) = d.full.pop() {
-                n += Self::empty_into(&mut mag, backing, class);
-                d.empty.push(mag);
-            }
-            d.ws_min_full = 0;
-        }
-        n
-    }
-
-    /// Gives every cached buffer back to the store (CPU caches and depot).
+    /// Any context; never allocates (emptied magazines stay where they are, the depot's
+    /// go to its empty list, which has room for every magazine of the class). One lock
+    /// at a time besides the store's.
     pub fn drain<B: Backing<Buf = T> + ?Sized>(&self, backing: &B) -> usize {
         let mut n = 0;
         for (class, c) in self.classes.iter().enumerate() {
@@ -1039,29 +1024,6 @@ mod tests {
         assert_eq!(layer.adapt(), 0);
         assert_eq!(layer.class_stats(0).grows, 2);
         let _ = store;
-    }
-
-    #[test]
-    fn flushing_the_depots_keeps_the_cpu_caches() {
-        let layer = Layer::new(&cfg(2, 4, 4, 4, 2)).unwrap();
-        let store = Store::new(2, 40);
-        // The engine stocks the depot of both classes; CPU 0 loads a magazine of class 0.
-        layer.fill(&store, 0);
-        layer.fill(&store, 1);
-        let b = layer.alloc(&store, 0, 0).unwrap().0;
-        layer.free(&store, 0, 0, b);
-        let depot_full = |class| layer.class_stats(class).depot_full;
-        assert!(depot_full(0) > 0 && depot_full(1) > 0);
-        let cpu0 = layer.cpu_cached(0, 0);
-        assert!(cpu0 > 0);
-        let before = [store.free_count(0), store.free_count(1)];
-        let n = layer.flush_depots(&store);
-        assert_eq!(depot_full(0) + depot_full(1), 0, "a full magazine stayed in a depot");
-        assert_eq!(layer.cpu_cached(0, 0), cpu0, "a CPU cache was flushed");
-        assert_eq!(store.free_count(0) + store.free_count(1), before[0] + before[1] + n);
-        conserved(&layer, &store, 0, &[], 40);
-        conserved(&layer, &store, 1, &[], 40);
-        assert_eq!(layer.flush_depots(&store), 0, "nothing left to flush");
     }
 
     #[test]

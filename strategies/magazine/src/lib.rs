@@ -138,8 +138,8 @@ pub struct MagazineCounters {
     pub no_buffer: u64,
     /// Requests refused with [`MapError::Cap`].
     pub cap_reached: u64,
-    /// Depot flushes by requests that found nothing else
-    /// ([`MagazineLayer::flush_depots`]).
+    /// Cache flushes by requests that found nothing else (every cached buffer back to
+    /// the pools, [`MagazineLayer::drain`]).
     pub flushes: u64,
     /// Trim periods run.
     pub trims: u64,
@@ -398,12 +398,15 @@ impl<P: Platform> Magazine<P> {
 }
 
 impl<P: Platform> Magazine<P> {
-    /// A request that nothing could serve: the depots' full magazines go back to the
-    /// pools ([`MagazineLayer::flush_depots`]), then the pools are asked again (the
-    /// class, larger classes, a free shell). `None` at once when the depots held
-    /// nothing, as under a sustained shortage.
+    /// A request that nothing could serve: every cached buffer, the depots' full
+    /// magazines and the CPU caches, goes back to the pools
+    /// ([`MagazineLayer::drain`]), then the pools are asked again (the class, larger
+    /// classes, a free shell). Up to 6 MiB can sit in the caches by default (2 CPUs,
+    /// 6 cached classes, two 256 KiB magazines per CPU and class, and the depots); in
+    /// the Linux guest a burst failed maps with that much free there. `None` at once
+    /// when nothing was cached, as under a sustained shortage.
     fn flush_and_retry(&self, class: usize, need: Need) -> Option<FreeBuffer> {
-        if need == Need::Stock || self.layer.flush_depots(&self.pools) == 0 {
+        if need == Need::Stock || self.layer.drain(&self.pools) == 0 {
             return None;
         }
         self.flushes.fetch_add(1, Ordering::Relaxed);
@@ -446,7 +449,7 @@ impl<P: Platform> Strategy for Magazine<P> {
                 self.pools.note_fallback();
             }
             // Last: a free shell another class's pool holds (`PoolSet::pop_reclaimed`),
-            // then the same after the depots gave their full magazines back.
+            // then the same after the caches gave their buffers back.
             buf.or_else(|| self.pools.pop_reclaimed(choice.class, need))
                 .or_else(|| self.flush_and_retry(choice.class, need))
         };
