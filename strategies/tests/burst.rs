@@ -7,12 +7,17 @@
 //! magazine's caches keep buffers for later.
 
 use bounce_framework::conformance::pattern;
-use bounce_framework::sim::{set_current_cpu, PlatformKind, SimConfig, SimDevice, SimGuest};
+use bounce_framework::sim::{
+    count_allocations, set_current_cpu, CountingAlloc, PlatformKind, SimConfig, SimDevice, SimGuest,
+};
 use bounce_framework::{
     BootConfig, Bouncer, BouncerOptions, Device, DmaAddr, DmaAttrs, DmaDirection, FailureReason, MapError, PhysAddr,
     Strategy,
 };
 use bounce_strategies::{AnyStrategy, StrategyKind, KNOWN_STRATEGIES};
+
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
 
 const SMALL: usize = 4096;
 const LARGE: usize = 256 << 10;
@@ -41,13 +46,16 @@ impl Burst {
         self.bouncer.map_single(self.dev.device(), self.orig, size, DmaDirection::ToDevice, DmaAttrs::empty())
     }
 
-    /// Maps `size` bytes until a map fails; the mappings and the error.
+    /// Maps `size` bytes until a map fails; the mappings and the error. Every map that
+    /// succeeds, the last resorts included, allocates nothing (the failing one may: the
+    /// simulated guest's log allocates).
     fn flood(&self, size: usize) -> (Vec<DmaAddr>, MapError) {
         let mut live = Vec::new();
         loop {
-            match self.map(size) {
-                Ok(d) => live.push(d),
-                Err(e) => return (live, e),
+            match count_allocations(|| self.map(size)) {
+                (Ok(d), 0) => live.push(d),
+                (Ok(_), n) => panic!("map {} of {size} bytes allocated {n} times", live.len()),
+                (Err(e), _) => return (live, e),
             }
         }
     }
