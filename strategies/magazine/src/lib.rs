@@ -401,10 +401,12 @@ impl<P: Platform> Magazine<P> {
     /// A request that nothing could serve: every cached buffer, the depots' full
     /// magazines and the CPU caches, goes back to the pools
     /// ([`MagazineLayer::drain`]), then the pools are asked again (the class, larger
-    /// classes, a free shell). Up to 6 MiB can sit in the caches by default (2 CPUs,
-    /// 6 cached classes, two 256 KiB magazines per CPU and class, and the depots); in
-    /// the Linux guest a burst failed maps with that much free there. `None` at once
-    /// when nothing was cached, as under a sustained shortage.
+    /// classes, a free shell). With the defaults on 2 CPUs the caches can hold about
+    /// 7 MiB (6 cached classes; two magazines per CPU and class and the depot's full
+    /// ones, each at most 128 rounds and 256 KiB); in the Linux guest a burst failed
+    /// maps with about that much free, most of it cached. `None` at once when nothing
+    /// was cached, as under a sustained shortage (then the cost is a lock per class and
+    /// CPU and one per depot).
     fn flush_and_retry(&self, class: usize, need: Need) -> Option<FreeBuffer> {
         if need == Need::Stock || self.layer.drain(&self.pools) == 0 {
             return None;
