@@ -525,7 +525,7 @@ impl<L: RawIrqLock> ClassPool<L> {
     }
 }
 
-/// What [`ClassPool::audit`] counted.
+/// What a class pool's audit counted (`ClassPool::audit`, via [`PoolSet::audit`](crate::PoolSet::audit)).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PoolAudit {
     /// Buffers in flight.

@@ -6,9 +6,9 @@
 //! - [`StepRunner`]: deterministic, for tests. It keeps a virtual clock that the test
 //!   advances, and calls the work closure with it (strategies expose a
 //!   `run_background_at(now)` for this), so idle-time rules are tested without sleeping.
-//! - [`ThreadRunner`] (feature `std`): a std thread that waits for a wake-up (with a
+//! - `ThreadRunner` (feature `std`): a std thread that waits for a wake-up (with a
 //!   short timeout, so idle memory is also noticed without one), runs the work until it
-//!   reports nothing more, and stops and joins on [`ThreadRunner::stop`] or drop.
+//!   reports nothing more, and stops and joins on `ThreadRunner::stop` or drop.
 
 use bounce_framework::BackgroundReport;
 
