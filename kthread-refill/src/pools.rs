@@ -762,9 +762,8 @@ impl<P: Platform> PoolSet<P> {
     /// -w mixed`, dynamic, 7 runs each, failed maps): median 4018 (1097–10620) when
     /// atomic maps took shells below the floor, 2109 (815–7916) with the floor kept,
     /// 2086 (175–6583) without this function. The engine is woken to restore the blank
-    /// shells. Counted in
-    /// [`RequestCounters::reclaimed`]. `None` for [`Need::Stock`] and for classes that
-    /// are not shells (the seed's layout).
+    /// shells. Counted in [`RequestCounters::reclaimed`]. `None` for [`Need::Stock`] and
+    /// for classes that are not shells (the seed's layout).
     ///
     /// # Context
     /// Any context; never sleeps, allocates or converts (the shell is already shared,

@@ -395,9 +395,7 @@ impl<P: Platform> Magazine<P> {
             self.pools.push(buf);
         }
     }
-}
 
-impl<P: Platform> Magazine<P> {
     /// A request that nothing could serve: every cached buffer, the depots' full
     /// magazines and the CPU caches, goes back to the pools
     /// ([`MagazineLayer::drain`]), then the pools are asked again (the class, larger
@@ -414,7 +412,13 @@ impl<P: Platform> Magazine<P> {
         self.flushes.fetch_add(1, Ordering::Relaxed);
         self.pools
             .pop(class, need)
-            .or_else(|| if self.fallback { self.pools.pop_larger(class, need) } else { None })
+            .or_else(|| {
+                let larger = if self.fallback { self.pools.pop_larger(class, need) } else { None };
+                if larger.is_some() {
+                    self.pools.note_fallback();
+                }
+                larger
+            })
             .or_else(|| self.pools.pop_reclaimed(class, need))
     }
 }
