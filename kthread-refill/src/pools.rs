@@ -748,6 +748,27 @@ impl<P: Platform> PoolSet<P> {
         })
     }
 
+    /// A buffer for a map request of class `class`, wherever the pools have one that
+    /// fits, in the order every strategy on these pools asks: the class itself (and a
+    /// blank shell, [`PoolSet::pop`]); then, with `larger`, a larger class
+    /// ([`PoolSet::pop_larger`], counted as a fallback); then a completely free shell of
+    /// another class ([`PoolSet::pop_reclaimed`]). `None`: the caller refuses
+    /// ([`PoolSet::refuse`]).
+    ///
+    /// # Context
+    /// Any context; never sleeps, allocates or converts.
+    pub fn pop_fitting(&self, class: usize, need: Need, larger: bool) -> Option<FreeBuffer> {
+        self.pop(class, need)
+            .or_else(|| {
+                let b = if larger { self.pop_larger(class, need) } else { None };
+                if b.is_some() {
+                    self.note_fallback();
+                }
+                b
+            })
+            .or_else(|| self.pop_reclaimed(class, need))
+    }
+
     /// The map path's last resort, for a request that its own class, the blank shells
     /// and the larger classes could not serve: a completely free shell of another
     /// class, reshaped for `class` and published to its pool, then popped. Without it

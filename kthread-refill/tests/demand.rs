@@ -115,15 +115,8 @@ fn a_request_fails_only_when_no_free_shared_buffer_of_a_fitting_size_is_left() {
     // 256 KiB requests as the strategies make them: the class, then blank shells, then
     // the 512 KiB class, then a completely free shell of another class.
     let mut held = Vec::new();
-    loop {
-        let b = s
-            .pop(C256K, Need::Atomic)
-            .or_else(|| s.pop_larger(C256K, Need::Atomic))
-            .or_else(|| s.pop_reclaimed(C256K, Need::Atomic));
-        match b {
-            Some(b) => held.push(b),
-            None => break,
-        }
+    while let Some(b) = s.pop_fitting(C256K, Need::Atomic, true) {
+        held.push(b);
     }
     assert!(
         held.iter().any(|b| s.chunk_of(b).buffer_size() == 512 << 10),

@@ -211,17 +211,8 @@ impl<P: Platform> Strategy for Dynamic<P> {
 
     fn reserve(&self, req: &Request) -> Result<Reservation, MapError> {
         let choice = self.pools.table().choose(req)?;
-        let need = Need::of(req);
-        let mut buf = self.pools.pop(choice.class, need);
-        if buf.is_none() && self.fallback {
-            // Larger classes are aligned at least as much and hold the request too.
-            buf = self.pools.pop_larger(choice.class, need);
-            if buf.is_some() {
-                self.pools.note_fallback();
-            }
-        }
-        // Last: a free shell another class holds (see `PoolSet::pop_reclaimed`).
-        let buf = buf.or_else(|| self.pools.pop_reclaimed(choice.class, need));
+        // Larger classes are aligned at least as much and hold the request too.
+        let buf = self.pools.pop_fitting(choice.class, Need::of(req), self.fallback);
         let Some(buf) = buf else { return Err(self.pools.refuse(req, choice.class)) };
         let addr = self.pools.commit(buf, req.orig, choice.offset, req.alloc_size, req.cpu);
         Ok(Reservation { addr })

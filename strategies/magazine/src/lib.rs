@@ -398,28 +398,19 @@ impl<P: Platform> Magazine<P> {
 
     /// A request that nothing could serve: every cached buffer, the depots' full
     /// magazines and the CPU caches, goes back to the pools
-    /// ([`MagazineLayer::drain`]), then the pools are asked again (the class, larger
-    /// classes, a free shell). With the defaults on 2 CPUs the caches can hold about
+    /// ([`MagazineLayer::drain`]), then the pools are asked again
+    /// ([`PoolSet::pop_fitting`]). With the defaults on 2 CPUs the caches can hold about
     /// 7 MiB (6 cached classes; two magazines per CPU and class and the depot's full
     /// ones, each at most 128 rounds and 256 KiB); in the Linux guest a burst failed
     /// maps with about that much free, most of it cached. `None` at once when nothing
     /// was cached, as under a sustained shortage (then the cost is a lock per class and
     /// CPU and one per depot).
     fn flush_and_retry(&self, class: usize, need: Need) -> Option<FreeBuffer> {
-        if need == Need::Stock || self.layer.drain(&self.pools) == 0 {
+        if self.layer.drain(&self.pools) == 0 {
             return None;
         }
         self.flushes.fetch_add(1, Ordering::Relaxed);
-        self.pools
-            .pop(class, need)
-            .or_else(|| {
-                let larger = if self.fallback { self.pools.pop_larger(class, need) } else { None };
-                if larger.is_some() {
-                    self.pools.note_fallback();
-                }
-                larger
-            })
-            .or_else(|| self.pools.pop_reclaimed(class, need))
+        self.pools.pop_fitting(class, need, self.fallback)
     }
 }
 
